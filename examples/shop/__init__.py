@@ -1,0 +1,1 @@
+"""Example "shop" application split across three databases (users, catalog, orders)."""

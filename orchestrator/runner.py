@@ -1,0 +1,498 @@
+"""Stage 5: run Alembic for one target at a time, on warm ScriptDirectories.
+
+Each operation is a short function in the manner of ``alembic/command.py``: it composes a
+ScriptDirectory (loaded once per database and kept) with an EnvironmentContext, hands the
+target and an open connection to env.py through ``config.attributes``, and returns a
+:class:`TargetResult`. Operations never raise for a target's failure: the error becomes
+the result, so one bad target cannot stop the others. Connections are opened and closed
+here, and every engine is disposed, whatever happens.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from alembic import command
+from alembic.autogenerate import RevisionContext
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from orchestrator.config import DatabaseConfig, Project
+from orchestrator.dialects import Dialect, dialect_for, is_async_url
+from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY
+from orchestrator.errors import OrchestrateError, TargetError
+from orchestrator.results import Status, TargetResult
+from orchestrator.targets import Target
+from orchestrator.urls import mask_text
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Tracker:
+    """Follows a migration as it runs, so a failure can name the revision it stopped in."""
+
+    before: list[str] = field(default_factory=list)
+    planned: list[tuple[str, str]] = field(default_factory=list)  # (revision, message)
+    applied: list[str] = field(default_factory=list)
+
+    def steps(self, steps: list[Any], before: tuple[str, ...]) -> list[Any]:
+        self.before = list(before)
+        self.planned = [(step.revision.revision, step.revision.doc or "") for step in steps]
+        return steps
+
+    def on_version_apply(self, *, step: Any, **_: Any) -> None:
+        self.applied.append(step.up_revision_id if step.is_upgrade else step.down_revision_ids)
+
+    def failing(self) -> tuple[str, str] | None:
+        return self.planned[len(self.applied)] if len(self.applied) < len(self.planned) else None
+
+
+def current_heads(connection: Connection, target: Target) -> list[str]:
+    """The revisions in a target's version table (empty when it has none)."""
+    context = MigrationContext.configure(
+        connection,
+        opts={"version_table": target.database.version_table, "version_table_schema": target.schema},
+    )
+    return sorted(context.get_current_heads())
+
+
+class Runner:
+    """Runs Alembic operations per target; keeps one ScriptDirectory per database warm."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self._scripts: dict[str, ScriptDirectory] = {}
+
+    # ------------------------------------------------------------------ Alembic plumbing
+
+    def alembic_config(self, database: DatabaseConfig, output: IO[str] | None = None) -> Config:
+        """An in-memory Alembic Config for one database: shared env.py, its own versions folder."""
+        config = Config(output_buffer=output)
+        config.set_main_option("script_location", str(self.project.script_location))
+        config.set_main_option("path_separator", "os")
+        config.set_main_option("version_locations", str(database.version_path))
+        return config
+
+    def script(self, database: DatabaseConfig) -> ScriptDirectory:
+        """The database's ScriptDirectory, loaded once and reused for every target."""
+        script = self._scripts.get(database.name)
+        if script is None:
+            if not (self.project.script_location / "env.py").is_file():
+                raise OrchestrateError(
+                    f"no env.py in {self.project.script_location}",
+                    hint="run `orchestrate init` to generate it",
+                )
+            if not database.version_path.is_dir():
+                raise OrchestrateError(
+                    f"{database.name}: the versions folder {database.version_path} does not exist",
+                    hint=f"run `orchestrate init`, or check `version_path:` of `{database.name}` "
+                    f"in {self.project.where(database.line)}",
+                )
+            script = ScriptDirectory.from_config(self.alembic_config(database))
+            self._scripts[database.name] = script
+        return script
+
+    def forget_scripts(self, database: DatabaseConfig) -> None:
+        """Drop the cached ScriptDirectory (after a new revision file was written)."""
+        self._scripts.pop(database.name, None)
+
+    def _run_env(
+        self,
+        target: Target,
+        fn: Callable[[Any, MigrationContext], list[Any]],
+        connection: Connection | None,
+        options: dict[str, Any] | None = None,
+        output: IO[str] | None = None,
+        **environment: Any,
+    ) -> None:
+        config = self.alembic_config(target.database, output)
+        config.attributes[TARGET_KEY] = target
+        config.attributes[CONNECTION_KEY] = connection
+        config.attributes[OPTIONS_KEY] = {**dialect_for(target).configure_options(target), **(options or {})}
+        script = self.script(target.database)
+        with EnvironmentContext(config, script, fn=fn, as_sql=connection is None, **environment):
+            script.run_env()
+
+    # ------------------------------------------------------------------ connections
+
+    def with_connection(self, target: Target, work: Callable[[Connection], T]) -> T:
+        """Open a prepared connection to ``target``, run ``work`` on it, close everything.
+
+        Sync and async drivers alike: with an async driver, ``work`` runs inside
+        ``AsyncConnection.run_sync`` on a private event loop. ``work`` is committed when it
+        returns and rolled back when it raises.
+        """
+        dialect = dialect_for(target)
+        url = dialect.engine_url(target)
+        if is_async_url(url):
+            return _run_coroutine(self._with_async_connection(target, dialect, work), target)
+        try:
+            engine = create_engine(url, poolclass=NullPool)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise _connect_error(target, exc) from exc
+        dialect.install(engine, target)
+        try:
+            try:
+                connection = engine.connect()
+            except SQLAlchemyError as exc:
+                raise _connect_error(target, exc) from exc
+            with connection:
+                return _work_on(connection, target, dialect, work)
+        finally:
+            engine.dispose()
+
+    async def _with_async_connection(self, target: Target, dialect: Dialect, work: Callable[[Connection], T]) -> T:
+        from sqlalchemy.ext.asyncio import create_async_engine  # needs greenlet: only import when used
+
+        try:
+            engine = create_async_engine(dialect.engine_url(target), poolclass=NullPool)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise _connect_error(target, exc) from exc
+        dialect.install(engine.sync_engine, target)
+        try:
+            try:
+                connection = await engine.connect()
+            except SQLAlchemyError as exc:
+                raise _connect_error(target, exc) from exc
+            async with connection:
+                return await connection.run_sync(lambda sync: _work_on(sync, target, dialect, work))
+        finally:
+            await engine.dispose()
+
+    # ------------------------------------------------------------------ operations
+
+    def attempt(self, target: Target, operation: Callable[[], TargetResult]) -> TargetResult:
+        """Run one operation for ``target``; any failure becomes a FAILED result."""
+        started = time.perf_counter()
+        try:
+            result = operation()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            result = failure(target, exc)
+        result.duration = time.perf_counter() - started
+        return result
+
+    def upgrade(self, target: Target, revision: str = "heads") -> TargetResult:
+        return self.attempt(target, lambda: self._migrate(target, revision, upgrade=True))
+
+    def downgrade(self, target: Target, revision: str) -> TargetResult:
+        return self.attempt(target, lambda: self._migrate(target, revision, upgrade=False))
+
+    def _migrate(self, target: Target, revision: str, upgrade: bool) -> TargetResult:
+        script = self.script(target.database)
+        tracker = _Tracker()
+
+        def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+            if upgrade:
+                if not heads:
+                    _refuse_unversioned(context.connection, target)
+                return tracker.steps(script._upgrade_revs(revision, heads), heads)
+            return tracker.steps(script._downgrade_revs(revision, heads), heads)
+
+        def work(connection: Connection) -> list[str]:
+            try:
+                self._run_env(
+                    target, plan, connection, {"on_version_apply": tracker.on_version_apply}, destination_rev=revision
+                )
+            except Exception as exc:
+                connection.rollback()
+                raise _migration_error(target, exc, tracker, current_heads(connection, target)) from exc
+            return current_heads(connection, target)
+
+        after = self.with_connection(target, work)
+        done = Status.UPGRADED if upgrade else Status.DOWNGRADED
+        return TargetResult.for_target(
+            target,
+            done if tracker.applied else Status.NOOP,
+            before=tracker.before,
+            after=after,
+            applied=[rev for rev, _ in tracker.planned[: len(tracker.applied)]],
+        )
+
+    def stamp(self, target: Target, revision: str, purge: bool = False) -> TargetResult:
+        def run() -> TargetResult:
+            script = self.script(target.database)
+            before: list[str] = []
+
+            def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+                before.extend(heads)
+                return script._stamp_revs((revision,), heads)
+
+            def work(connection: Connection) -> list[str]:
+                self._run_env(target, plan, connection, destination_rev=(revision,), purge=purge)
+                return current_heads(connection, target)
+
+            after = self.with_connection(target, work)
+            status = Status.NOOP if sorted(before) == after else Status.STAMPED
+            return TargetResult.for_target(target, status, before=sorted(before), after=after)
+
+        return self.attempt(target, run)
+
+    def current(self, target: Target) -> TargetResult:
+        """The target's revisions and, for reports, its head and how many revisions it lags."""
+
+        def run() -> TargetResult:
+            script = self.script(target.database)
+
+            def read(connection: Connection) -> tuple[list[str], list[str]]:
+                heads = current_heads(connection, target)
+                return heads, ([] if heads else _unversioned_tables(connection, target))
+
+            current, unversioned = self.with_connection(target, read)
+            heads = sorted(script.get_heads())
+            try:
+                pending = len(script._upgrade_revs("heads", tuple(current)))
+            except CommandError as exc:
+                raise TargetError(
+                    f"{target.name}: the database is at {', '.join(current)}, which {target.database.version_path} "
+                    f"does not have ({exc})",
+                    hint="is this checkout older than the database? pull the missing revision files",
+                ) from exc
+            return TargetResult.for_target(
+                target, Status.OK, before=current, after=current, data={"head": heads, "pending": pending, "unversioned_tables": unversioned},
+            )
+
+        return self.attempt(target, run)
+
+    def sql(self, target: Target, revision: str, upgrade: bool, output: IO[str]) -> TargetResult:
+        """Offline mode (``--sql``): write the target's migration SQL to ``output``."""
+
+        def run() -> TargetResult:
+            script = self.script(target.database)
+            start, _, end = revision.rpartition(":")
+            if not upgrade and not start:
+                raise TargetError(
+                    "downgrade --sql needs a range FROM:TO, e.g. head:base",
+                    hint="offline SQL cannot read where the database is; say where it starts",
+                )
+
+            def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+                if upgrade:
+                    return script._upgrade_revs(end, heads)
+                return script._downgrade_revs(end, heads)
+
+            self._run_env(target, plan, None, output=output, starting_rev=start or None, destination_rev=end)
+            return TargetResult.for_target(target, Status.OK)
+
+        return self.attempt(target, run)
+
+    def check(self, target: Target) -> TargetResult:
+        """Autogenerate against the database: DIFFERENT with the differences, or OK."""
+
+        def run() -> TargetResult:
+            _require_metadata(target.database, "check")
+            script = self.script(target.database)
+            revision_context = RevisionContext(
+                self.alembic_config(target.database),
+                script,
+                dict(
+                    message=None, autogenerate=True, sql=False, head="head", splice=False,
+                    branch_label=None, version_path=None, rev_id=None, depends_on=None,
+                ),
+            )
+
+            def compare(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+                revision_context.run_autogenerate(heads, context)
+                return []
+
+            def work(connection: Connection) -> list[Any]:
+                self._run_env(
+                    target, compare, connection,
+                    template_args=revision_context.template_args, revision_context=revision_context,
+                )
+                migration = revision_context.generated_revisions[-1]
+                return [diff for ops in migration.upgrade_ops_list for diff in ops.as_diffs()]
+
+            diffs = self.with_connection(target, work)
+            return TargetResult.for_target(
+                target,
+                Status.DIFFERENT if diffs else Status.OK,
+                details=[describe_diff(d) for d in diffs],
+            )
+
+        return self.attempt(target, run)
+
+    def revision(
+        self, target: Target, message: str, autogenerate: bool = False, rev_id: str | None = None
+    ) -> Script:
+        """Write a new revision file into the database's versions folder; raises on failure."""
+        database = target.database
+        if autogenerate:
+            _require_metadata(database, "revision --autogenerate")
+        self.script(database)  # clear errors for a missing env.py or versions folder
+        config = self.alembic_config(database)
+        config.attributes[TARGET_KEY] = target
+        config.attributes[OPTIONS_KEY] = dialect_for(target).configure_options(target)
+
+        def write(connection: Connection | None) -> Script:
+            config.attributes[CONNECTION_KEY] = connection
+            made = command.revision(config, message=message, autogenerate=autogenerate, rev_id=rev_id)
+            return made[0] if isinstance(made, list) else made
+
+        try:
+            made = self.with_connection(target, write) if autogenerate else write(None)
+        except CommandError as exc:
+            hint = f"run `orchestrate upgrade -n {database.name}` first" if "not up to date" in str(exc) else None
+            raise TargetError(f"{target.name}: {mask_text(str(exc))}", hint=hint) from exc
+        finally:
+            self.forget_scripts(database)
+        if made is None:
+            raise TargetError(f"{target.name}: no revision was written")
+        return made
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _work_on(connection: Connection, target: Target, dialect: Dialect, work: Callable[[Connection], T]) -> T:
+    dialect.prepare(connection, target)
+    connection.commit()  # Alembic must not see our set-up as an outer transaction
+    try:
+        result = work(connection)
+    except BaseException:
+        if connection.in_transaction():
+            connection.rollback()
+        raise
+    if connection.in_transaction():
+        connection.commit()
+    return result
+
+
+def _run_coroutine(coroutine: Any, target: Target) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise OrchestrateError(
+        f"{target.name}: cannot migrate an async database from inside a running event loop on its own thread",
+        hint="use `await orchestrator.upgrade_async(...)`, or call from a worker thread",
+    )
+
+
+def _connect_error(target: Target, exc: BaseException) -> TargetError:
+    detail = getattr(exc, "orig", None) or exc
+    first = str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
+    return TargetError(
+        f"{target.name}: cannot connect to {target.display_url}: {mask_text(first)}",
+        hint="is the server running and the URL right? (URLs come from orchestrate.yaml and its ${VARIABLES})",
+    )
+
+
+def _unversioned_tables(connection: Connection, target: Target) -> list[str]:
+    """Tables of this database's models that exist although its version table does not."""
+    metadata = target.database.metadata
+    if metadata is None:
+        return []
+    present = set(inspect(connection).get_table_names(schema=target.schema))
+    return sorted(present & {table.name for table in metadata.tables.values()})
+
+
+def _refuse_unversioned(connection: Connection, target: Target) -> None:
+    """Refuse to upgrade a database that holds this database's tables but no version table."""
+    ours = _unversioned_tables(connection, target)
+    if ours:
+        raise TargetError(
+            f"{target.name}: tables {', '.join(ours)} exist but the version table "
+            f"`{target.database.version_table}` does not, so orchestrate cannot tell which revision they match",
+            hint=f"if the schema already matches the latest revision, adopt it with "
+            f"`orchestrate stamp -n {target.database.name} head`; then upgrade",
+        )
+
+
+def _require_metadata(database: DatabaseConfig, what: str) -> None:
+    if database.metadata is None:
+        raise TargetError(
+            f"{database.name}: `{what}` compares models with the database, but `{database.name}` has no `metadata:`",
+            hint=f"set `metadata: package.module:metadata` for `{database.name}` in orchestrate.yaml",
+        )
+    if not database.metadata.tables:
+        raise TargetError(
+            f"{database.name}: the metadata `{database.metadata_ref}` has no tables, so `{what}` would drop everything",
+            hint="are the models imported? the module named in `metadata:` must import every model module",
+        )
+
+
+def _migration_error(target: Target, exc: Exception, tracker: _Tracker, heads: list[str]) -> TargetError:
+    if isinstance(exc, TargetError):
+        return exc
+    failing = tracker.failing()
+    detail = _error_text(exc)
+    at = ", ".join(heads) or "base (no revision)"
+    if failing is None:
+        hint = "see `orchestrate history -n {0}` for known revisions".format(target.database.name) if isinstance(
+            exc, CommandError
+        ) else None
+        return TargetError(f"{target.name}: {detail}", hint=hint)
+    revision, doc = failing
+    message = f"{target.name}: revision {revision} ({doc}) failed: {detail}"
+    note = dialect_for(target).partial_failure_note()
+    if note:
+        message += f"\n{note} ({at})"
+    else:
+        message += f"\nrolled back; the version table is at {at}"
+    return TargetError(message, revision=revision, hint="fix the revision or the data, then rerun")
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        text = f"{type(orig).__name__}: {str(orig).strip()}"
+        if exc.statement:
+            statement = " ".join(exc.statement.split())
+            text += f"\n  statement: {statement[:500]}"
+        return mask_text(text)
+    if isinstance(exc, (OrchestrateError, CommandError)):
+        return mask_text(str(exc))
+    return mask_text(f"{type(exc).__name__}: {exc}")
+
+
+def failure(target: Target, exc: BaseException) -> TargetResult:
+    """A FAILED result for ``exc``; its text is masked."""
+    if isinstance(exc, OrchestrateError):
+        message, hint = exc.message, exc.hint
+        revision = getattr(exc, "revision", None)
+    else:
+        message, hint, revision = f"{target.name}: {_error_text(exc)}", None, None
+    return TargetResult.for_target(
+        target, Status.FAILED, error=mask_text(message), hint=hint and mask_text(hint), failed_revision=revision
+    )
+
+
+def describe_diff(diff: Any) -> str:
+    """One line per autogenerate difference, for people."""
+    if isinstance(diff, list):
+        return "; ".join(describe_diff(d) for d in diff)
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        sign = "+" if kind == "add_table" else "-"
+        return f"{sign} table {diff[1].name}"
+    if kind in ("add_column", "remove_column"):
+        sign = "+" if kind == "add_column" else "-"
+        column = diff[3]
+        return f"{sign} column {diff[2]}.{column.name} {column.type}"
+    if kind in ("add_index", "remove_index"):
+        sign = "+" if kind == "add_index" else "-"
+        index = diff[1]
+        return f"{sign} index {index.name} on {index.table.name} ({', '.join(c.name for c in index.columns)})"
+    if kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
+        sign = "+" if kind.startswith("add") else "-"
+        constraint = diff[1]
+        what = type(constraint).__name__
+        return f"{sign} {what} {constraint.name or ''} on {constraint.table.name}".replace("  ", " ")
+    if kind.startswith("modify_"):
+        _, schema, table, column, _existing, old, new = diff
+        return f"~ column {table}.{column} {kind.removeprefix('modify_')}: {old} -> {new}"
+    return " ".join(str(part) for part in diff)
