@@ -26,7 +26,11 @@ from orchestrator.urls import mask_text, mask_url, parse_url, register_secret
 CONFIG_FILENAME = "orchestrate.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+# $$ (a literal $), ${NAME}, ${NAME:-default}, ${NAME-default}; the last branch catches any
+# other ${...} so that a typo such as ${NAME:default} is an error instead of literal text.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{[^}]*\}?")
+# Ports a URL may leave out: host/db and host:5432/db are the same place.
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 
 Path_ = tuple[str | int, ...]
 
@@ -144,19 +148,52 @@ class Project:
 
 
 class _Lines:
-    """Line numbers (1-based) of every key and value path in a YAML document."""
+    """Line numbers (1-based) of every key and value path in a YAML document.
+
+    Paths use the keys as YAML reads them (``123:`` is the int 123, ``no:`` is False), the
+    same values the loaded data and pydantic's error locations hold. Keys written twice in
+    one mapping are collected in ``duplicates`` (YAML itself silently keeps the last one).
+    """
 
     def __init__(self, node: yaml.Node | None) -> None:
         self.lines: dict[Path_, int] = {}
+        self.key_text: dict[Path_, str] = {}
+        self.duplicates: list[tuple[Path_, int, int]] = []  # (path, line, line of the first one)
+        self._constructor = yaml.constructor.SafeConstructor()
+        self._seen: set[int] = set()
         if node is not None:
             self._walk(node, ())
 
+    def _key(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                value = self._constructor.construct_object(node)
+                hash(value)
+                return value
+            except Exception:  # noqa: BLE001 - an odd key: fall back to its text
+                return node.value
+        return f"<{node.id} at line {node.start_mark.line + 1}>"
+
     def _walk(self, node: yaml.Node, path: Path_) -> None:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in self._seen:  # an alias of a node already walked (or a recursive one)
+            return
+        self._seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
             for key, value in node.value:
-                sub = path + (key.value,)
-                self.lines[sub] = key.start_mark.line + 1
+                if key.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, it is not a key
+                    self._walk(value, path)
+                    continue
+                name = self._key(key)
+                sub = path + (name,)
+                line = key.start_mark.line + 1
+                if name in first:
+                    self.duplicates.append((sub, line, first[name]))
+                else:
+                    first[name] = line
+                    self.lines[sub] = line
+                    self.key_text[sub] = str(key.value)
                 self._walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
@@ -173,7 +210,20 @@ class _Lines:
 
 
 def _dotted(path: Path_) -> str:
-    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+    return ".".join(
+        f"[{p}]" if isinstance(p, int) and not isinstance(p, bool) else str(p) for p in path
+    ).replace(".[", "[")
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
+_YAML_KINDS = {dict: "mapping", list: "list", str: "string", int: "number", float: "number", bool: "true/false"}
 
 
 class _Loader:
@@ -182,11 +232,20 @@ class _Loader:
         self.environ = environ
         self.lines = _Lines(None)
 
-    def error(self, path: Path_, message: str, hint: str | None = None) -> ConfigError:
-        line = self.lines.of(path)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        subject = f" {_dotted(path)}:" if path else ""
-        return ConfigError(f"{where}:{subject} {message}", hint)
+    def error(
+        self,
+        path: Path_,
+        message: str,
+        hint: str | None = None,
+        *,
+        subject: Path_ | None = None,
+        line: int | None = None,
+    ) -> ConfigError:
+        """``file:line: subject: message``; the line is that of ``path`` unless given."""
+        line = line or self.lines.of(path) or 1
+        subject = path if subject is None else subject
+        shown = f" {_dotted(subject)}:" if subject else ""
+        return ConfigError(f"{self.path}:{line}:{shown} {message}", hint)
 
     # -- parse ---------------------------------------------------------------
 
@@ -201,22 +260,49 @@ class _Loader:
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot read: {exc.strerror}") from None
         try:
-            self.lines = _Lines(yaml.compose(text, Loader=yaml.SafeLoader))
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.lines = _Lines(root)
             data = yaml.safe_load(text)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
+            mark = exc.problem_mark
+            # An unclosed quote or bracket is found at the end of the file (or far below);
+            # the line to fix is where it was opened.
+            if exc.context_mark is not None and (
+                isinstance(exc, yaml.scanner.ScannerError) or "flow" in (exc.context or "")
+            ):
+                mark = exc.context_mark
+            mark = mark or exc.context_mark
             line = f":{mark.line + 1}" if mark else ""
-            problem = " ".join(p for p in (exc.context, exc.problem) if p)
+            problem = ", ".join(p for p in (exc.context, exc.problem) if p)
             raise ConfigError(
                 f"{self.path}{line}: invalid YAML: {problem}",
                 hint="check indentation and quoting on that line (values with ':' or '#' need quotes)",
             ) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{self.path}: invalid YAML: {exc}") from None
+            raise ConfigError(f"{self.path}:1: invalid YAML: {exc}") from None
         if data is None:
-            raise ConfigError(f"{self.path}: the file is empty", hint="declare at least one database under `databases:`")
+            raise ConfigError(
+                f"{self.path}:1: the file is empty",
+                hint="declare at least one database under `databases:`, e.g.\n"
+                "databases:\n  users:\n    url: sqlite:///var/users.db",
+            )
         if not isinstance(data, dict):
-            raise ConfigError(f"{self.path}:1: expected a mapping with a `databases:` key, found {type(data).__name__}")
+            kind = _YAML_KINDS.get(type(data), type(data).__name__)
+            raise ConfigError(
+                f"{self.path}:{root.start_mark.line + 1 if root else 1}: "
+                f"expected a mapping with a `databases:` key, found {_a(kind)}",
+                hint="the file holds `key: value` lines at the top level: script_location:, sys_path:, "
+                "defaults:, databases:",
+            )
+        for path, line, first in self.lines.duplicates:
+            raise self.error(
+                path,
+                f"`{self.lines.key_text.get(path, path[-1])}` is written twice "
+                f"(first on line {first}); YAML would silently keep only the last one",
+                hint="remove or rename one of them",
+                subject=path[:-1],
+                line=line,
+            )
         return self.expand(data, ())
 
     def expand(self, value: Any, path: Path_) -> Any:
@@ -231,6 +317,13 @@ class _Loader:
     def _substitute(self, match: re.Match[str], path: Path_) -> str:
         if match[0] == "$$":
             return "$"
+        if match[1] is None:
+            raise self.error(
+                path,
+                f"`{match[0]}` is not a valid variable reference",
+                hint="write ${NAME}, ${NAME:-default} or ${NAME-default} (NAME: letters, digits, _); "
+                "$$ for a literal $",
+            )
         name, op, default = match[1], match[2], match[3]
         value = self.environ.get(name)
         if op == ":-" and not value:
@@ -247,30 +340,107 @@ class _Loader:
 
     # -- validate ------------------------------------------------------------
 
+    def register_secrets(self, data: dict[str, Any]) -> None:
+        """Know every password before anything can fail, so that no message can show one."""
+        databases = data.get("databases")
+        if isinstance(databases, dict):
+            for settings in databases.values():
+                if isinstance(settings, dict) and isinstance(settings.get("url"), str):
+                    register_secret(settings["url"])
+
+    def check_databases(self, data: dict[str, Any]) -> None:
+        """``databases:`` is a non-empty mapping of valid names (before pydantic, which would
+        word these errors in its own terms)."""
+        if "databases" not in data:
+            return  # pydantic reports the missing key
+        databases = data["databases"]
+        example = "e.g.\ndatabases:\n  users:\n    url: sqlite:///var/users.db"
+        if databases is None or databases == {}:
+            raise self.error(
+                ("databases",), "no database is declared", hint=f"declare at least one under `databases:`, {example}"
+            )
+        if not isinstance(databases, dict):
+            kind = _YAML_KINDS.get(type(databases), type(databases).__name__)
+            raise self.error(
+                ("databases",),
+                f"expected a mapping of database names to their settings, found {_a(kind)}",
+                hint=example,
+            )
+        for name in databases:
+            if not isinstance(name, str) or not NAME_PATTERN.match(name):
+                text = self.lines.key_text.get(("databases", name), str(name))
+                why = "" if isinstance(name, str) else f" (YAML reads it as {name!r}; quote it to keep it text)"
+                raise self.error(
+                    ("databases", name),
+                    f"`{text}` is not a valid database name{why}",
+                    hint="use letters, digits and _, not starting with a digit, e.g. my_db",
+                    subject=("databases",),
+                )
+            if databases[name] is None:
+                raise self.error(
+                    ("databases", name),
+                    f"database `{name}` has no settings",
+                    hint=f"add at least its url, indented under it, e.g.\n  {name}:\n    url: sqlite:///var/{name}.db",
+                )
+
     def validate(self, data: Any) -> RawProject:
         try:
             return RawProject.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = tuple(first["loc"])
-            raise self._pydantic_error(loc, first, len(exc.errors())) from None
+            errors = exc.errors()
+            # Report the problem nearest the top of the file, not the first pydantic met; a
+            # missing key last (`urll:` explains a missing `url:`, not the other way round).
+            first = min(errors, key=lambda e: (e["type"] == "missing", self.lines.of(_loc(e)) or 0))
+            raise self._pydantic_error(_loc(first), first, len(errors)) from None
 
     def _pydantic_error(self, loc: Path_, err: dict[str, Any], count: int) -> ConfigError:
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         kind = err["type"]
+        value = err.get("input")
         if kind == "extra_forbidden":
             key = str(loc[-1])
             allowed = _allowed_keys(loc[:-1])
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
             hint += f"allowed keys here: {', '.join(allowed)}"
-            return self.error(loc[:-1], f"unknown key `{key}`{more}", hint=hint)
+            return self.error(loc, f"unknown key `{key}`{more}", hint=hint, subject=loc[:-1])
         if kind == "missing":
-            return self.error(loc[:-1], f"missing required key `{loc[-1]}`{more}")
-        message = err["msg"].removeprefix("Value error, ")
-        shown = err.get("input")
-        got = f" (got {mask_text(repr(shown))})" if kind.endswith("_type") or kind.endswith("_parsing") else ""
-        return self.error(loc, f"{message}{got}{more}")
+            key = str(loc[-1])
+            example = {
+                "url": "e.g. url: sqlite:///var/{name}.db or url: ${{{upper}_URL}}",
+                "databases": "e.g.\ndatabases:\n  users:\n    url: sqlite:///var/users.db",
+            }.get(key)
+            name = str(loc[-2]) if len(loc) >= 2 else ""
+            hint = f"add `{key}:`" + (", " + example.format(name=name, upper=name.upper()) if example else "")
+            return self.error(loc[:-1], f"missing required key `{key}`{more}", hint=hint)
+        if value is None and kind.endswith(("_type", "_parsing")):
+            return self.error(loc, f"has no value{more}", hint="give it a value, or remove the line to get the default")
+        got = f" (got {mask_text(repr(value))})" if _is_scalar(value) else ""
+        hint = None
+        if kind in ("dict_type", "model_type", "model_attributes_type"):
+            kind_found = _YAML_KINDS.get(type(value), type(value).__name__)
+            if len(loc) == 2 and loc[0] == "databases":
+                message = f"expected the settings of database `{loc[1]}` (a mapping), found {_a(kind_found)}"
+                hint = f"write them indented under it, e.g.\n  {loc[1]}:\n    url: sqlite:///var/{loc[1]}.db"
+            else:
+                message = f"expected a mapping (indented `key: value` lines), found {_a(kind_found)}"
+        elif kind == "list_type":
+            message = "expected a list"
+            if isinstance(value, str):
+                hint = f"write it as [{value}], or one `- item` per line"
+        elif kind in ("bool_type", "bool_parsing"):
+            message = "expected true or false"
+        elif kind in ("string_type",):
+            message = "expected a string"
+            hint = "quote the value"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            got = got if kind.endswith(("_type", "_parsing")) else ""
+        return self.error(loc, f"{message}{got}{more}", hint=hint)
+
+
+def _loc(err: Any) -> Path_:
+    return tuple(err["loc"])
 
 
 def _allowed_keys(parent: Path_) -> list[str]:
@@ -290,16 +460,11 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
     """
     path = Path(path or os.environ.get("ORCHESTRATE_CONFIG") or CONFIG_FILENAME).resolve()
     loader = _Loader(path, dict(os.environ if environ is None else environ))
-    raw = loader.validate(loader.read())
+    data = loader.read()
+    loader.register_secrets(data)
+    loader.check_databases(data)
+    raw = loader.validate(data)
     root = path.parent
-
-    for name in raw.databases:
-        if not NAME_PATTERN.match(name):
-            raise loader.error(
-                ("databases", name),
-                f"`{name}` is not a valid database name",
-                hint="use letters, digits and _, not starting with a digit",
-            )
 
     sys_path = tuple((root / p).resolve() for p in raw.sys_path)
     for entry in reversed(sys_path):
@@ -311,16 +476,24 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
         here = ("databases", name)
         url = _resolve_url(loader, here + ("url",), db.url, root)
         register_secret(url)
-        metadata = _import_metadata(loader, here + ("metadata",), db.metadata) if db.metadata else None
-        for dep in db.depends_on:
+        for index, dep in enumerate(db.depends_on):
             if dep not in raw.databases:
+                close = difflib.get_close_matches(dep, list(raw.databases), n=1)
                 raise loader.error(
-                    here + ("depends_on",),
+                    here + ("depends_on", index),
                     f"`{name}` depends on unknown database `{dep}`",
-                    hint=f"declared databases: {', '.join(raw.databases)}",
+                    hint=(f"did you mean `{close[0]}`? " if close else "")
+                    + f"declared databases: {', '.join(raw.databases)}",
+                    subject=here + ("depends_on",),
                 )
             if dep == name:
-                raise loader.error(here + ("depends_on",), f"`{name}` depends on itself")
+                raise loader.error(
+                    here + ("depends_on", index),
+                    f"`{name}` depends on itself",
+                    hint=f"remove `{name}` from its own depends_on",
+                    subject=here + ("depends_on",),
+                )
+        metadata = _import_metadata(loader, here + ("metadata",), db.metadata) if db.metadata else None
         lock_timeout = _first(db.lock_timeout, raw.defaults.lock_timeout, 10.0)
         databases[name] = DatabaseConfig(
             name=name,
@@ -357,6 +530,14 @@ def _resolve_url(loader: _Loader, path: Path_, url: str, root: Path) -> str:
         raise loader.error(
             path, str(exc), hint="write it as dialect+driver://user:password@host:port/dbname, or sqlite:///file.db"
         ) from None
+    try:
+        parsed.get_dialect()
+    except Exception:  # noqa: BLE001 - NoSuchModuleError, or a plugin failing to load
+        raise loader.error(
+            path,
+            f"unknown database dialect or driver `{parsed.drivername}`",
+            hint="write it as dialect+driver://..., e.g. postgresql+psycopg://, mysql+pymysql://, sqlite:///",
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -367,9 +548,10 @@ def _resolve_url(loader: _Loader, path: Path_, url: str, root: Path) -> str:
 
 def _import_metadata(loader: _Loader, path: Path_, ref: str) -> MetaData:
     module_name, _, attr = ref.partition(":")
+    importlib.invalidate_caches()  # a module written since the last import is found
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may raise anything while importing
+    except (Exception, SystemExit) as exc:  # the user's module may raise anything while importing
         raise loader.error(
             path,
             f"cannot import `{module_name}`: {type(exc).__name__}: {mask_text(str(exc))}",
@@ -383,12 +565,18 @@ def _import_metadata(loader: _Loader, path: Path_, ref: str) -> MetaData:
             raise loader.error(
                 path,
                 f"`{module_name}` has no attribute `{attr}`",
-                hint=f"MetaData objects found there: {', '.join(names)}" if names else None,
+                hint=f"MetaData objects found there: {', '.join(names)}"
+                if names
+                else f"point it at a MetaData (or a declarative Base) defined in `{module_name}`",
             ) from None
     if not isinstance(obj, MetaData) and isinstance(getattr(obj, "metadata", None), MetaData):
         obj = obj.metadata  # a declarative base class
     if not isinstance(obj, MetaData):
-        raise loader.error(path, f"`{ref}` is a {type(obj).__name__}, not a SQLAlchemy MetaData")
+        raise loader.error(
+            path,
+            f"`{ref}` is {_a(type(obj).__name__)}, not a SQLAlchemy MetaData",
+            hint="point it at a MetaData object or a declarative Base class (its .metadata is used)",
+        )
     return obj
 
 
@@ -422,7 +610,8 @@ def version_table_place(url: str, schema: str | None, version_table: str) -> tup
         if not parsed.database or parsed.database == ":memory:":
             return None
         return (backend, os.path.realpath(parsed.database), schema, version_table)
-    return (backend, parsed.host or "localhost", parsed.port, parsed.database, schema, version_table)
+    host = (parsed.host or "localhost").lower()
+    return (backend, host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database, schema, version_table)
 
 
 def _check_version_tables(loader: _Loader, databases: dict[str, DatabaseConfig]) -> None:
