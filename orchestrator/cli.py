@@ -96,7 +96,7 @@ def _print_error(ctx: click.Context, message: str, hint: str | None) -> None:
         err.print(Text(f"hint: {mask_text(hint)}", style="cyan"))
 
 
-@click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="orchestrate", cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c", "--config", "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -216,7 +216,7 @@ def upgrade(ctx: click.Context, revision: str, names: tuple[str, ...], all_: boo
     _exit_for(ctx, outcome)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})  # so that `downgrade -1` is a revision
 @click.argument("revision")
 @selection
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV must be FROM:TO).")
@@ -369,21 +369,28 @@ def check(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool)
     if as_json:
         _emit_json(state, [
             {"target": r.target, "database": r.database, "tenant": r.tenant, "status": r.status.value,
-             "differences": r.details, "error": r.error} for r in outcome.results
+             "current": r.after, "pending": r.data.get("pending"), "differences": r.details, "error": r.error}
+            for r in outcome.results
         ])
     else:
         for r in outcome.results:
             if r.status is Status.OK:
                 state.out.print(Text(f"{r.target:<24} ", style="bold").append("models and database match", style="green"))
             elif r.status is Status.DIFFERENT:
-                count = len(r.details)
+                count, pending = len(r.details), r.data.get("pending", 0)
                 state.out.print(Text(f"{r.target:<24} ", style="bold").append(
                     f"{count} difference{'s' if count != 1 else ''} between models and database", style="yellow"))
                 for detail in r.details:
                     state.out.print(Text(f"    {detail}"))
-                state.out.print(Text(
-                    f"    hint: `orchestrate revision -n {r.database} --autogenerate -m MESSAGE` writes them "
-                    "as a revision", style="cyan"))
+                if pending:
+                    state.out.print(Text(
+                        f"    the database is {pending} revision{'s' if pending != 1 else ''} behind head "
+                        f"(at {report.revisions(r.after)}); hint: `orchestrate upgrade -n {r.database}`",
+                        style="cyan"))
+                else:
+                    state.out.print(Text(
+                        f"    hint: `orchestrate revision -n {r.database} --autogenerate -m MESSAGE` writes them "
+                        "as a revision", style="cyan"))
             else:
                 report.print_result(state.out, r)
     _exit_for(ctx, outcome)

@@ -63,9 +63,10 @@ class DatabaseSettings(_Strict):
     """Settings that ``defaults:`` gives every database and each database may override."""
 
     lock_timeout: float | None = None
+    lock_wait: float | None = None
     transaction_per_migration: bool | None = None
 
-    @field_validator("lock_timeout", mode="before")
+    @field_validator("lock_timeout", "lock_wait", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
@@ -122,6 +123,7 @@ class DatabaseConfig:
     version_path: Path
     depends_on: tuple[str, ...]
     lock_timeout: float
+    lock_wait: float
     transaction_per_migration: bool
     line: int
 
@@ -504,6 +506,7 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
             version_path=(root / (db.version_path or f"versions/{name}")).resolve(),
             depends_on=tuple(db.depends_on),
             lock_timeout=lock_timeout,
+            lock_wait=_first(db.lock_wait, raw.defaults.lock_wait, 60.0),
             transaction_per_migration=_first(db.transaction_per_migration, raw.defaults.transaction_per_migration, True),
             line=loader.lines.of(here) or 0,
         )

@@ -6,14 +6,51 @@ options Alembic needs for that server.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import socket
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 
+from orchestrator.errors import TargetError
 from orchestrator.targets import Target
-from orchestrator.urls import parse_url
+from orchestrator.urls import mask_text, parse_url
+
+#: How often a waiting run asks again for a migration lock that another run holds.
+LOCK_POLL_SECONDS = 0.2
+
+
+class MigrationLock:
+    """A held migration lock; :meth:`release` is safe to call more than once."""
+
+    def __init__(self, release: Any = None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def lock_name(target: Target) -> str:
+    """A stable name for a target's migration lock: the same version table, the same lock."""
+    url = parse_url(target.url)
+    place = f"{url.get_backend_name()}|{url.database or ''}|{target.schema or ''}|{target.database.version_table}"
+    return "orchestrate:" + hashlib.sha256(place.encode()).hexdigest()[:40]
+
+
+def _busy(target: Target, waited: float, holder: str | None) -> TargetError:
+    who = f"; held by {holder}" if holder else ""
+    return TargetError(
+        f"{target.name}: another run is migrating {target.name} (waited {waited:.0f}s for its migration lock{who})",
+        hint="wait for that run to finish, or raise `lock_wait` in orchestrate.yaml",
+    )
 
 
 class Dialect:
@@ -40,9 +77,65 @@ class Dialect:
         """What a person must know when a revision fails halfway on this server."""
         return None
 
+    #: Does the migration lock live on a server connection of its own?
+    lock_needs_connection: ClassVar[bool] = False
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        """Take the target's migration lock, waiting at most ``wait`` seconds.
+
+        Raises TargetError("another run is migrating ...") naming the holder if it can.
+        """
+        return MigrationLock()
+
 
 class PostgreSQL(Dialect):
     name = "postgresql"
+    lock_needs_connection = True
+
+    @staticmethod
+    def _key(target: Target) -> int:
+        return int.from_bytes(hashlib.sha256(lock_name(target).encode()).digest()[:8], "big", signed=True)
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        assert connection is not None
+        key = self._key(target)
+        started = time.monotonic()
+        while True:
+            got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            connection.commit()  # a session lock outlives the transaction; don't sit idle in one
+            if got:
+                break
+            if time.monotonic() - started >= wait:
+                raise _busy(target, time.monotonic() - started, self._holder(connection, key))
+            time.sleep(LOCK_POLL_SECONDS)
+
+        def release() -> None:
+            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()
+
+        return MigrationLock(release)
+
+    @staticmethod
+    def _holder(connection: Connection, key: int) -> str | None:
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        row = connection.execute(
+            text(
+                "SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid::bigint = :hi AND l.objid::bigint = :lo"
+            ),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+        ).mappings().first()
+        connection.commit()
+        if row is None:
+            return None
+        parts = [f"pid {row['pid']}"]
+        if row["application_name"]:
+            parts.append(repr(row["application_name"]))
+        parts.append(f"from {row['addr'] or 'local socket'}")
+        parts.append(f"connected since {row['backend_start']:%Y-%m-%d %H:%M:%S%z}")
+        return " ".join(parts)
 
     def prepare(self, connection: Connection, target: Target) -> None:
         timeout_ms = int(target.database.lock_timeout * 1000)
@@ -57,6 +150,37 @@ class MySQL(Dialect):
         seconds = max(1, round(target.database.lock_timeout))  # MySQL counts whole seconds, at least 1
         connection.execute(text("SET SESSION lock_wait_timeout = :v"), {"v": seconds})
         connection.execute(text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": seconds})
+
+    lock_needs_connection = True
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        assert connection is not None
+        name = lock_name(target)[:64]  # GET_LOCK names are server-wide and at most 64 characters
+        started = time.monotonic()
+        got = connection.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": max(0, int(wait))}).scalar()
+        connection.commit()
+        if got != 1:
+            raise _busy(target, time.monotonic() - started, self._holder(connection, name))
+
+        def release() -> None:
+            connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            connection.commit()
+
+        return MigrationLock(release)
+
+    @staticmethod
+    def _holder(connection: Connection, name: str) -> str | None:
+        row = connection.execute(
+            text(
+                "SELECT p.id, p.user, p.host, p.time, p.command FROM information_schema.processlist p "
+                "WHERE p.id = IS_USED_LOCK(:n)"
+            ),
+            {"n": name},
+        ).mappings().first()
+        connection.commit()
+        if row is None:
+            return None
+        return f"connection {row['id']} ({row['user']}@{row['host']}, {row['command']} for {row['time']}s)"
 
     def partial_failure_note(self) -> str:
         return (
@@ -92,6 +216,42 @@ class SQLite(Dialect):
 
     def configure_options(self, target: Target) -> dict[str, Any]:
         return {"transactional_ddl": True}
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        """An OS lock (flock) on a file beside the database: the OS drops it if we die."""
+        database = parse_url(target.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return MigrationLock()  # nothing another process could share
+        path = Path(database + ".orchestrate-lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - started >= wait:
+                        holder = path.read_text(encoding="utf-8", errors="replace").strip() or None
+                        raise _busy(target, time.monotonic() - started, holder) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            # Say who holds it, for the next run that has to wait.
+            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S%z")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+        def release() -> None:
+            try:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+        return MigrationLock(release)
 
 
 _DIALECTS: dict[str, type[Dialect]] = {

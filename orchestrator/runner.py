@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from alembic import command
-from alembic.autogenerate import RevisionContext
+from alembic.autogenerate import produce_migrations
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
@@ -126,9 +126,11 @@ class Runner:
 
     # ------------------------------------------------------------------ connections
 
-    def with_connection(self, target: Target, work: Callable[[Connection], T]) -> T:
+    def with_connection(self, target: Target, work: Callable[[Connection], T], lock: bool = False) -> T:
         """Open a prepared connection to ``target``, run ``work`` on it, close everything.
 
+        With ``lock``, the target's migration lock is held around ``work`` (on a connection
+        of its own where the server keeps it), so two runs never migrate one target at once.
         Sync and async drivers alike: with an async driver, ``work`` runs inside
         ``AsyncConnection.run_sync`` on a private event loop. ``work`` is committed when it
         returns and rolled back when it raises.
@@ -136,37 +138,81 @@ class Runner:
         dialect = dialect_for(target)
         url = dialect.engine_url(target)
         if is_async_url(url):
-            return _run_coroutine(self._with_async_connection(target, dialect, work), target)
+            return _run_coroutine(self._with_async_connection(target, dialect, work, lock), target)
         try:
             engine = create_engine(url, poolclass=NullPool)
         except (SQLAlchemyError, ImportError) as exc:
             raise _connect_error(target, exc) from exc
         dialect.install(engine, target)
-        try:
+
+        def connect() -> Connection:
             try:
-                connection = engine.connect()
+                return engine.connect()
             except SQLAlchemyError as exc:
                 raise _connect_error(target, exc) from exc
-            with connection:
-                return _work_on(connection, target, dialect, work)
+
+        try:
+            lock_connection = connect() if lock and dialect.lock_needs_connection else None
+            try:
+                held = dialect.migration_lock(lock_connection, target, target.database.lock_wait) if lock else None
+                try:
+                    with connect() as connection:
+                        return _work_on(connection, target, dialect, work)
+                finally:
+                    if held:
+                        held.release()
+            finally:
+                if lock_connection is not None:
+                    lock_connection.close()
         finally:
             engine.dispose()
 
-    async def _with_async_connection(self, target: Target, dialect: Dialect, work: Callable[[Connection], T]) -> T:
-        from sqlalchemy.ext.asyncio import create_async_engine  # needs greenlet: only import when used
+    async def _with_async_connection(
+        self, target: Target, dialect: Dialect, work: Callable[[Connection], T], lock: bool
+    ) -> T:
+        from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine  # needs greenlet: import when used
 
         try:
             engine = create_async_engine(dialect.engine_url(target), poolclass=NullPool)
         except (SQLAlchemyError, ImportError) as exc:
             raise _connect_error(target, exc) from exc
         dialect.install(engine.sync_engine, target)
-        try:
+
+        async def connect() -> AsyncConnection:
+            connection = engine.connect()
             try:
-                connection = await engine.connect()
+                await connection.start()
             except SQLAlchemyError as exc:
                 raise _connect_error(target, exc) from exc
-            async with connection:
-                return await connection.run_sync(lambda sync: _work_on(sync, target, dialect, work))
+            return connection
+
+        try:
+            lock_connection = await connect() if lock and dialect.lock_needs_connection else None
+            try:
+                held = None
+                if lock:
+                    held = await (
+                        lock_connection.run_sync(
+                            lambda sync: dialect.migration_lock(sync, target, target.database.lock_wait)
+                        )
+                        if lock_connection is not None
+                        else _immediate(dialect.migration_lock(None, target, target.database.lock_wait))
+                    )
+                try:
+                    connection = await connect()
+                    try:
+                        return await connection.run_sync(lambda sync: _work_on(sync, target, dialect, work))
+                    finally:
+                        await connection.close()
+                finally:
+                    if held is not None:
+                        if lock_connection is not None:
+                            await lock_connection.run_sync(lambda _sync: held.release())
+                        else:
+                            held.release()
+            finally:
+                if lock_connection is not None:
+                    await lock_connection.close()
         finally:
             await engine.dispose()
 
@@ -193,33 +239,38 @@ class Runner:
     def _migrate(self, target: Target, revision: str, upgrade: bool) -> TargetResult:
         script = self.script(target.database)
         tracker = _Tracker()
+        after: list[str] = []
 
         def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
             if upgrade:
-                if not heads:
-                    _refuse_unversioned(context.connection, target)
                 return tracker.steps(script._upgrade_revs(revision, heads), heads)
             return tracker.steps(script._downgrade_revs(revision, heads), heads)
 
-        def work(connection: Connection) -> list[str]:
+        def work(connection: Connection) -> None:
+            tracker.before = current_heads(connection, target)
+            if upgrade and not tracker.before:
+                _refuse_unversioned(connection, target)
+            connection.rollback()  # Alembic must start outside a transaction to manage its own
             try:
                 self._run_env(
                     target, plan, connection, {"on_version_apply": tracker.on_version_apply}, destination_rev=revision
                 )
             except Exception as exc:
                 connection.rollback()
-                raise _migration_error(target, exc, tracker, current_heads(connection, target)) from exc
-            return current_heads(connection, target)
+                after[:] = current_heads(connection, target)
+                raise _migration_error(target, exc, tracker, after) from exc
+            after[:] = current_heads(connection, target)
 
-        after = self.with_connection(target, work)
-        done = Status.UPGRADED if upgrade else Status.DOWNGRADED
-        return TargetResult.for_target(
-            target,
-            done if tracker.applied else Status.NOOP,
-            before=tracker.before,
-            after=after,
-            applied=[rev for rev, _ in tracker.planned[: len(tracker.applied)]],
-        )
+        try:
+            self.with_connection(target, work, lock=True)
+        except Exception as exc:
+            result = failure(target, exc)
+        else:
+            done = Status.UPGRADED if upgrade else Status.DOWNGRADED
+            result = TargetResult.for_target(target, done if tracker.applied else Status.NOOP)
+        result.before, result.after = tracker.before, after
+        result.applied = [rev for rev, _ in tracker.planned[: len(tracker.applied)]]
+        return result
 
     def stamp(self, target: Target, revision: str, purge: bool = False) -> TargetResult:
         def run() -> TargetResult:
@@ -234,7 +285,7 @@ class Runner:
                 self._run_env(target, plan, connection, destination_rev=(revision,), purge=purge)
                 return current_heads(connection, target)
 
-            after = self.with_connection(target, work)
+            after = self.with_connection(target, work, lock=True)
             status = Status.NOOP if sorted(before) == after else Status.STAMPED
             return TargetResult.for_target(target, status, before=sorted(before), after=after)
 
@@ -289,37 +340,32 @@ class Runner:
         return self.attempt(target, run)
 
     def check(self, target: Target) -> TargetResult:
-        """Autogenerate against the database: DIFFERENT with the differences, or OK."""
+        """Compare the models with the database as it is (the options env.py configures,
+        such as include_object, apply): DIFFERENT with the differences, or OK."""
 
         def run() -> TargetResult:
             _require_metadata(target.database, "check")
             script = self.script(target.database)
-            revision_context = RevisionContext(
-                self.alembic_config(target.database),
-                script,
-                dict(
-                    message=None, autogenerate=True, sql=False, head="head", splice=False,
-                    branch_label=None, version_path=None, rev_id=None, depends_on=None,
-                ),
-            )
+            found: list[Any] = []
+            current: list[str] = []
 
             def compare(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-                revision_context.run_autogenerate(heads, context)
+                current.extend(sorted(heads))
+                migration = produce_migrations(context, target.database.metadata)
+                found.extend(migration.upgrade_ops.as_diffs())
                 return []
 
-            def work(connection: Connection) -> list[Any]:
-                self._run_env(
-                    target, compare, connection,
-                    template_args=revision_context.template_args, revision_context=revision_context,
-                )
-                migration = revision_context.generated_revisions[-1]
-                return [diff for ops in migration.upgrade_ops_list for diff in ops.as_diffs()]
-
-            diffs = self.with_connection(target, work)
+            self.with_connection(
+                target, lambda connection: self._run_env(target, compare, connection, dont_mutate=True)
+            )
+            pending = len(script._upgrade_revs("heads", tuple(current)))
             return TargetResult.for_target(
                 target,
-                Status.DIFFERENT if diffs else Status.OK,
-                details=[describe_diff(d) for d in diffs],
+                Status.DIFFERENT if found or pending else Status.OK,
+                before=current,
+                after=current,
+                details=[describe_diff(d) for d in found],
+                data={"head": sorted(script.get_heads()), "pending": pending},
             )
 
         return self.attempt(target, run)
@@ -368,6 +414,10 @@ def _work_on(connection: Connection, target: Target, dialect: Dialect, work: Cal
     if connection.in_transaction():
         connection.commit()
     return result
+
+
+async def _immediate(value: T) -> T:
+    return value
 
 
 def _run_coroutine(coroutine: Any, target: Target) -> Any:

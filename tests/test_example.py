@@ -39,7 +39,7 @@ def test_the_example_upgrades_from_a_fresh_copy(tmp_path: Path) -> None:
     lines = [line.split()[0] for line in first.stdout.splitlines() if line.strip()]
     assert lines[:3] == ["users", "catalog", "orders"]  # orders depends on both
     assert "3 upgraded" in first.stdout
-    assert sorted(p.name for p in (root / "var").iterdir()) == ["catalog.db", "orders.db", "users.db"]
+    assert sorted(p.name for p in (root / "var").glob("*.db")) == ["catalog.db", "orders.db", "users.db"]
     assert not (elsewhere / "var").exists()
 
     second = orchestrate("upgrade", "--all", cwd=root)
