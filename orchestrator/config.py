@@ -64,9 +64,11 @@ class DatabaseSettings(_Strict):
 
     lock_timeout: float | None = None
     lock_wait: float | None = None
+    lock_retries: int | None = Field(default=None, ge=0, le=100)
+    statement_timeout: float | None = None
     transaction_per_migration: bool | None = None
 
-    @field_validator("lock_timeout", "lock_wait", mode="before")
+    @field_validator("lock_timeout", "lock_wait", "statement_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return None if value is None else parse_duration(value)
@@ -124,6 +126,8 @@ class DatabaseConfig:
     depends_on: tuple[str, ...]
     lock_timeout: float
     lock_wait: float
+    lock_retries: int
+    statement_timeout: float | None
     transaction_per_migration: bool
     line: int
 
@@ -507,6 +511,8 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
             depends_on=tuple(db.depends_on),
             lock_timeout=lock_timeout,
             lock_wait=_first(db.lock_wait, raw.defaults.lock_wait, 60.0),
+            lock_retries=_first(db.lock_retries, raw.defaults.lock_retries, 0),
+            statement_timeout=_first(db.statement_timeout, raw.defaults.statement_timeout, 0.0) or None,
             transaction_per_migration=_first(db.transaction_per_migration, raw.defaults.transaction_per_migration, True),
             line=loader.lines.of(here) or 0,
         )

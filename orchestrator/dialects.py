@@ -26,6 +26,23 @@ from orchestrator.urls import mask_text, parse_url
 LOCK_POLL_SECONDS = 0.2
 
 
+class BlockerWatch:
+    """Watches, while a migration runs, for sessions that block it; this one watches nothing.
+
+    Used as a context manager around the migration; :meth:`describe` then says who
+    blocked it (or None), for the error of a revision that hit ``lock_timeout``.
+    """
+
+    def __enter__(self) -> BlockerWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> str | None:
+        return None
+
+
 class MigrationLock:
     """A held migration lock; :meth:`release` is safe to call more than once."""
 
@@ -76,6 +93,15 @@ class Dialect:
     def partial_failure_note(self) -> str | None:
         """What a person must know when a revision fails halfway on this server."""
         return None
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        """A :class:`BlockerWatch` for ``connection``; ``watcher`` is a spare connection
+        to the same server (the migration lock's) that the watch may use, or None."""
+        return BlockerWatch()
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """Did ``exc`` come from waiting longer than ``lock_timeout`` for a lock?"""
+        return False
 
     #: Does the migration lock live on a server connection of its own?
     lock_needs_connection: ClassVar[bool] = False

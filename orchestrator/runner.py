@@ -37,6 +37,11 @@ from orchestrator.urls import mask_text
 
 T = TypeVar("T")
 
+#: Where a migration's connection finds the spare connection that holds its migration lock.
+LOCK_CONNECTION_KEY = "orchestrate.lock_connection"
+#: First pause before retrying a target that hit lock_timeout; doubles each retry (max 30s).
+RETRY_PAUSE_SECONDS = 2.0
+
 
 @dataclass
 class _Tracker:
@@ -157,6 +162,7 @@ class Runner:
                 held = dialect.migration_lock(lock_connection, target, target.database.lock_wait) if lock else None
                 try:
                     with connect() as connection:
+                        connection.info[LOCK_CONNECTION_KEY] = lock_connection
                         return _work_on(connection, target, dialect, work)
                 finally:
                     if held:
@@ -231,10 +237,24 @@ class Runner:
         return result
 
     def upgrade(self, target: Target, revision: str = "heads") -> TargetResult:
-        return self.attempt(target, lambda: self._migrate(target, revision, upgrade=True))
+        return self._retrying(target, lambda: self.attempt(target, lambda: self._migrate(target, revision, True)))
 
     def downgrade(self, target: Target, revision: str) -> TargetResult:
-        return self.attempt(target, lambda: self._migrate(target, revision, upgrade=False))
+        return self._retrying(target, lambda: self.attempt(target, lambda: self._migrate(target, revision, False)))
+
+    def _retrying(self, target: Target, run: Callable[[], TargetResult]) -> TargetResult:
+        """Run again, after a pause, a target that failed on lock_timeout (``lock_retries`` times)."""
+        retries = target.database.lock_retries
+        result = run()
+        for attempt in range(retries):
+            if not result.data.get("lock_timeout"):
+                break
+            time.sleep(min(RETRY_PAUSE_SECONDS * 2**attempt, 30.0))
+            previous = result
+            result = run()
+            result.duration += previous.duration
+            result.data["attempts"] = attempt + 2
+        return result
 
     def _migrate(self, target: Target, revision: str, upgrade: bool) -> TargetResult:
         script = self.script(target.database)
@@ -251,14 +271,21 @@ class Runner:
             if upgrade and not tracker.before:
                 _refuse_unversioned(connection, target)
             connection.rollback()  # Alembic must start outside a transaction to manage its own
+            dialect = dialect_for(target)
+            watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
             try:
-                self._run_env(
-                    target, plan, connection, {"on_version_apply": tracker.on_version_apply}, destination_rev=revision
-                )
+                with watch:
+                    self._run_env(
+                        target, plan, connection, {"on_version_apply": tracker.on_version_apply},
+                        destination_rev=revision,
+                    )
             except Exception as exc:
                 connection.rollback()
                 after[:] = current_heads(connection, target)
-                raise _migration_error(target, exc, tracker, after) from exc
+                blocked = dialect.is_lock_timeout(exc)
+                raise _migration_error(
+                    target, exc, tracker, after, blocked_by=watch.describe() if blocked else None, lock_timeout=blocked
+                ) from exc
             after[:] = current_heads(connection, target)
 
         try:
@@ -475,7 +502,14 @@ def _require_metadata(database: DatabaseConfig, what: str) -> None:
         )
 
 
-def _migration_error(target: Target, exc: Exception, tracker: _Tracker, heads: list[str]) -> TargetError:
+def _migration_error(
+    target: Target,
+    exc: Exception,
+    tracker: _Tracker,
+    heads: list[str],
+    blocked_by: str | None = None,
+    lock_timeout: bool = False,
+) -> TargetError:
     if isinstance(exc, TargetError):
         return exc
     failing = tracker.failing()
@@ -487,13 +521,22 @@ def _migration_error(target: Target, exc: Exception, tracker: _Tracker, heads: l
         ) else None
         return TargetError(f"{target.name}: {detail}", hint=hint)
     revision, doc = failing
-    message = f"{target.name}: revision {revision} ({doc}) failed: {detail}"
+    if lock_timeout:
+        message = (
+            f"{target.name}: revision {revision} ({doc}) waited longer than lock_timeout "
+            f"({target.database.lock_timeout:g}s) for a lock: {detail}"
+        )
+        message += f"\nblocked by: {blocked_by}" if blocked_by else ""
+        hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
+    else:
+        message = f"{target.name}: revision {revision} ({doc}) failed: {detail}"
+        hint = "fix the revision or the data, then rerun"
     note = dialect_for(target).partial_failure_note()
     if note:
         message += f"\n{note} ({at})"
     else:
         message += f"\nrolled back; the version table is at {at}"
-    return TargetError(message, revision=revision, hint="fix the revision or the data, then rerun")
+    return TargetError(mask_text(message), revision=revision, hint=hint, lock_timeout=lock_timeout)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -517,7 +560,12 @@ def failure(target: Target, exc: BaseException) -> TargetResult:
     else:
         message, hint, revision = f"{target.name}: {_error_text(exc)}", None, None
     return TargetResult.for_target(
-        target, Status.FAILED, error=mask_text(message), hint=hint and mask_text(hint), failed_revision=revision
+        target,
+        Status.FAILED,
+        error=mask_text(message),
+        hint=hint and mask_text(hint),
+        failed_revision=revision,
+        data={"lock_timeout": True} if getattr(exc, "lock_timeout", False) else {},
     )
 
 
