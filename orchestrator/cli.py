@@ -5,6 +5,7 @@ configuration error; 130 interrupted.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
@@ -21,7 +22,7 @@ from orchestrator import plan as planning
 from orchestrator import report
 from orchestrator.config import CONFIG_FILENAME, Project, load_project
 from orchestrator.errors import OrchestrateError, SelectionError
-from orchestrator.executor import Outcome, run_serial
+from orchestrator.executor import Operation, Outcome, execute, run_serial
 from orchestrator.results import Status, TargetResult
 from orchestrator.runner import Runner
 from orchestrator.scaffold import Action, init as scaffold_init
@@ -111,11 +112,91 @@ def cli(ctx: click.Context, config_path: Path, debug: bool) -> None:
     ctx.obj = State(config_path=config_path, debug=debug)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What -n/--all/--tenant/--tenants-from/--shard ask for."""
+
+    names: tuple[str, ...] = ()
+    all_: bool = False
+    tenants: tuple[str, ...] = ()
+    tenants_from: Path | None = None
+    shard: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a changing command runs: workers, failures, reports."""
+
+    parallel: int | None = None
+    fail_fast: bool = False
+    report_path: Path | None = None
+    retry_failed: Path | None = None
+    as_json: bool = False
+
+
 def selection(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--all", "all_", is_flag=True, help="Every database, in depends_on order.")(func)
-    return click.option(
-        "-n", "--name", "names", multiple=True, metavar="NAME", help="A database from orchestrate.yaml (repeatable)."
-    )(func)
+    """-n NAME / --all, and the tenant narrowing options, gathered into ``selection``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, names: tuple[str, ...], all_: bool, tenants: tuple[str, ...],
+                tenants_from: Path | None, shard: str | None, **kwargs: Any) -> Any:
+        return func(*args, selection=Selection(names, all_, tenants, tenants_from, shard), **kwargs)
+
+    for option in reversed([
+        click.option("-n", "--name", "names", multiple=True, metavar="NAME",
+                     help="A database from orchestrate.yaml (repeatable)."),
+        click.option("--all", "all_", is_flag=True, help="Every database, in depends_on order."),
+        click.option("--tenant", "tenants", multiple=True, metavar="TENANT",
+                     help="Only this tenant of multi-tenant databases (repeatable)."),
+        click.option("--tenants-from", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="Only the tenants listed in FILE (one per line, # comments)."),
+        click.option("--shard", metavar="I/N", help="Only the I-th of N stable, balanced shards of the targets."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--parallel, --fail-fast, --report, --retry-failed, --json, gathered into ``run``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, parallel: int | None, fail_fast: bool, report_path: Path | None,
+                retry_failed: Path | None, as_json: bool, **kwargs: Any) -> Any:
+        return func(*args, run=RunOptions(parallel, fail_fast, report_path, retry_failed, as_json), **kwargs)
+
+    for option in reversed([
+        click.option("--parallel", "-p", type=click.IntRange(1, 256), metavar="N",
+                     help="Worker processes (default: execution.parallel, else 1)."),
+        click.option("--fail-fast", is_flag=True, help="Stop handing out targets at the first failure."),
+        click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the JSON report of the run here."),
+        click.option("--retry-failed", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     metavar="REPORT", help="Run only the failed, skipped and not-run targets of an earlier report."),
+        click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of lines for people."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _plan(
+    state: State, sel: Selection, reverse: bool = False, all_if_none: bool = False, retry: Path | None = None
+) -> planning.Plan:
+    tenants = list(sel.tenants)
+    if sel.tenants_from:
+        tenants += planning.read_tenants_file(sel.tenants_from)
+        if not tenants:
+            raise SelectionError(f"--tenants-from {sel.tenants_from}: the file lists no tenant")
+    only = report.failed_targets(retry, state.project) if retry else None
+    return planning.select(
+        state.project,
+        sel.names,
+        sel.all_,
+        reverse=reverse,
+        all_if_none=all_if_none,
+        tenants=tuple(tenants),
+        shard=planning.parse_shard(sel.shard) if sel.shard else None,
+        only=only,
+    )
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,21 +234,34 @@ def _run(
     state: State,
     command: str,
     plan: planning.Plan,
-    operation: Callable[[Target], TargetResult],
-    as_json: bool,
-    report_path: Path | None,
+    operation: Operation,
+    run: RunOptions,
     respect_dependencies: bool = True,
 ) -> Outcome:
+    """Run a changing command over the plan: progress for people, report for machines."""
     started = datetime.now(timezone.utc)
-    on_result = None if as_json else (lambda r: report.print_result(state.out, r))
-    outcome = run_serial(plan, operation, on_result=on_result, respect_dependencies=respect_dependencies)
+    parallel = run.parallel or state.project.execution.parallel
+    with report.Live(state.out, len(plan.targets), quiet=run.as_json) as live:
+        outcome = execute(
+            plan,
+            operation,
+            state.runner,
+            parallel=min(parallel, max(1, len(plan.targets))),
+            config_path=state.project.path,
+            on_result=live.on_result,
+            on_stop=live.on_stop,
+            respect_dependencies=respect_dependencies,
+            fail_fast=run.fail_fast,
+        )
     data = report.report_json(command, outcome, state.project.path, started)
-    if report_path:
-        report.write_json(report_path, data)
-    if as_json:
+    if run.report_path:
+        report.write_json(run.report_path, data)
+    if run.as_json:
         _emit_json(state, data)
     else:
         report.print_summary(state.out, outcome)
+        if run.report_path and not outcome.ok:
+            state.out.print(Text(f"hint: rerun what did not succeed with --retry-failed {run.report_path}", style="cyan"))
     return outcome
 
 
@@ -183,6 +277,8 @@ def _offline(state: State, plan: planning.Plan, revision: str, upgrade: bool) ->
     failed = False
     for target in plan.targets:
         sys.stdout.write(f"-- orchestrate: {target.name} ({target.display_url})\n")
+        if target.schema is not None:
+            sys.stdout.write(f"SET search_path TO {target.schema};\n\n")  # validated tenant name
         sys.stdout.flush()
         result = state.runner.sql(target, revision, upgrade, sys.stdout)
         if result.status is Status.FAILED:
@@ -193,82 +289,79 @@ def _offline(state: State, plan: planning.Plan, revision: str, upgrade: bool) ->
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-report_option = click.option(
-    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report here."
-)
-
-
 @cli.command()
 @click.argument("revision", default="heads")
 @selection
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline; REV may be FROM:TO).")
-@json_option
-@report_option
+@run_options
 @click.pass_context
-def upgrade(ctx: click.Context, revision: str, names: tuple[str, ...], all_: bool, sql: bool,
-            as_json: bool, report_path: Path | None) -> None:
-    """Upgrade databases to REVISION (default: heads), dependencies first."""
+def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: RunOptions) -> None:
+    """Upgrade databases (and their tenants) to REVISION (default: heads), dependencies first."""
     state: State = ctx.obj
-    plan = planning.select(state.project, names, all_)
+    plan = _plan(state, selection, retry=run.retry_failed)
     if sql:
         return _offline(state, plan, revision, upgrade=True)
-    outcome = _run(state, "upgrade", plan, lambda t: state.runner.upgrade(t, revision), as_json, report_path)
-    _exit_for(ctx, outcome)
+    _exit_for(ctx, _run(state, "upgrade", plan, Operation("upgrade", (revision,)), run))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # so that `downgrade -1` is a revision
 @click.argument("revision")
 @selection
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV must be FROM:TO).")
-@json_option
-@report_option
+@run_options
 @click.pass_context
-def downgrade(ctx: click.Context, revision: str, names: tuple[str, ...], all_: bool, sql: bool,
-              as_json: bool, report_path: Path | None) -> None:
+def downgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: RunOptions) -> None:
     """Downgrade databases to REVISION (e.g. -1, base), dependents first."""
     state: State = ctx.obj
-    plan = planning.select(state.project, names, all_, reverse=True)
+    plan = _plan(state, selection, reverse=True, retry=run.retry_failed)
     if sql:
         return _offline(state, plan, revision, upgrade=False)
-    outcome = _run(state, "downgrade", plan, lambda t: state.runner.downgrade(t, revision), as_json, report_path)
-    _exit_for(ctx, outcome)
+    _exit_for(ctx, _run(state, "downgrade", plan, Operation("downgrade", (revision,)), run))
 
 
 @cli.command()
 @click.argument("revision")
 @selection
 @click.option("--purge", is_flag=True, help="Empty the version table first.")
-@json_option
+@run_options
 @click.pass_context
-def stamp(ctx: click.Context, revision: str, names: tuple[str, ...], all_: bool, purge: bool, as_json: bool) -> None:
+def stamp(ctx: click.Context, revision: str, selection: Selection, purge: bool, run: RunOptions) -> None:
     """Record REVISION in the version table without running migrations."""
     state: State = ctx.obj
-    plan = planning.select(state.project, names, all_)
-    outcome = _run(state, "stamp", plan, lambda t: state.runner.stamp(t, revision, purge), as_json, None,
-                   respect_dependencies=False)
-    _exit_for(ctx, outcome)
+    plan = _plan(state, selection, retry=run.retry_failed)
+    operation = Operation("stamp", (revision, purge))
+    _exit_for(ctx, _run(state, "stamp", plan, operation, run, respect_dependencies=False))
 
 
 # ---------------------------------------------------------------------- reading
 
 
 def _read_all(state: State, plan: planning.Plan) -> list[TargetResult]:
-    return run_serial(plan, state.runner.current, respect_dependencies=False).results
+    results: list[TargetResult] = []
+    for database in plan.databases:
+        targets = [t for t in plan.targets if t.database.name == database.name]
+        results.extend(state.runner.read_versions(database, targets))
+    return results
+
+
+def _versions_json(results: list[TargetResult]) -> list[dict[str, Any]]:
+    return [
+        {"target": r.target, "database": r.database, "tenant": r.tenant, "url": r.url, "current": r.after,
+         "head": r.data.get("head", []), "pending": r.data.get("pending"), "error": r.error}
+        for r in results
+    ]
 
 
 @cli.command()
 @selection
 @json_option
 @click.pass_context
-def current(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
-    """Show the revision each database is at."""
+def current(ctx: click.Context, selection: Selection, as_json: bool) -> None:
+    """Show the revision each target is at."""
     state: State = ctx.obj
-    results = _read_all(state, planning.select(state.project, names, all_, all_if_none=True))
+    results = _read_all(state, _plan(state, selection, all_if_none=True))
     if as_json:
-        _emit_json(state, [
-            {"target": r.target, "database": r.database, "tenant": r.tenant, "current": r.after,
-             "error": r.error} for r in results
-        ])
+        _emit_json(state, _versions_json(results))
     else:
         for r in results:
             if r.status is Status.FAILED:
@@ -277,7 +370,8 @@ def current(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: boo
             at_head = r.after == r.data.get("head")
             line = Text(f"{r.target:<24} ", style="bold")
             line.append(report.revisions(r.after))
-            line.append(" (head)" if at_head else f" ({r.data.get('pending', 0)} behind)", style="green" if at_head else "yellow")
+            line.append(" (head)" if at_head else f" ({r.data.get('pending', 0)} behind)",
+                        style="green" if at_head else "yellow")
             state.out.print(line)
             if r.data.get("unversioned_tables"):
                 state.out.print(Text(
@@ -291,24 +385,32 @@ def current(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: boo
 @selection
 @json_option
 @click.pass_context
-def status(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
-    """A table of every target: current revision, head, pending revisions."""
+def status(ctx: click.Context, selection: Selection, as_json: bool) -> None:
+    """Where every target stands: current revision, head, pending revisions.
+
+    Multi-tenant databases are summarised (targets per revision, the lagging tenants);
+    --json lists every target.
+    """
     state: State = ctx.obj
-    results = _read_all(state, planning.select(state.project, names, all_, all_if_none=True))
+    plan = _plan(state, selection, all_if_none=True)
+    results = _read_all(state, plan)
     if as_json:
-        _emit_json(state, [
-            {"target": r.target, "database": r.database, "tenant": r.tenant, "url": r.url, "current": r.after,
-             "head": r.data.get("head", []), "pending": r.data.get("pending"), "error": r.error}
-            for r in results
-        ])
+        _emit_json(state, _versions_json(results))
     else:
-        state.out.print(report.status_table(results))
+        report.print_status(state.out, plan, results)
     if any(r.status is Status.FAILED for r in results):
         ctx.exit(EXIT_FAILED)
 
 
+def databases_only(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--all", "all_", is_flag=True, help="Every database (the default).")(func)
+    return click.option(
+        "-n", "--name", "names", multiple=True, metavar="NAME", help="A database from orchestrate.yaml (repeatable)."
+    )(func)
+
+
 @cli.command()
-@selection
+@databases_only
 @json_option
 @click.pass_obj
 def heads(state: State, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
@@ -322,7 +424,7 @@ def heads(state: State, names: tuple[str, ...], all_: bool, as_json: bool) -> No
 
 
 @cli.command()
-@selection
+@databases_only
 @click.option("--verbose", "-v", is_flag=True, help="Show full revision details.")
 @json_option
 @click.pass_obj
@@ -361,10 +463,10 @@ def history(state: State, names: tuple[str, ...], all_: bool, verbose: bool, as_
 @selection
 @json_option
 @click.pass_context
-def check(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
+def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     """Compare models with databases (autogenerate); exit 1 if they differ."""
     state: State = ctx.obj
-    plan = planning.select(state.project, names, all_, all_if_none=True)
+    plan = _plan(state, selection, all_if_none=True)
     outcome = run_serial(plan, state.runner.check, respect_dependencies=False)
     if as_json:
         _emit_json(state, [

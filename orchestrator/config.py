@@ -14,10 +14,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import MetaData
 
 from orchestrator.errors import ConfigError
@@ -74,12 +74,47 @@ class DatabaseSettings(_Strict):
         return None if value is None else parse_duration(value)
 
 
+DEFAULT_TENANT_PATTERN = r"^[a-z0-9_]{1,63}$"
+
+
+class RawTenants(_Strict):
+    mode: Literal["schema", "database"]
+    names: list[str] | None = None
+    file: str | None = None
+    query: str | None = None
+    query_url: str | None = None
+    pattern: str = DEFAULT_TENANT_PATTERN
+    create: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RawTenants:
+        sources = [k for k in ("names", "file", "query") if getattr(self, k) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of `names:`, `file:` or `query:` for the tenants"
+                + (f" (found {', '.join(sources)})" if sources else "")
+            )
+        if self.query_url is not None and self.query is None:
+            raise ValueError("`query_url:` goes with `query:`")
+        return self
+
+
 class RawDatabase(DatabaseSettings):
     url: str
     metadata: str | None = None
     version_table: str = "alembic_version"
     version_path: str | None = None
     depends_on: list[str] = Field(default_factory=list)
+    tenants: RawTenants | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -96,10 +131,15 @@ class RawDatabase(DatabaseSettings):
         return value
 
 
+class RawExecution(_Strict):
+    parallel: int = Field(default=1, ge=1, le=256)
+
+
 class RawProject(_Strict):
     script_location: str = "envs"
     sys_path: list[str] = Field(default_factory=lambda: ["."])
     defaults: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    execution: RawExecution = Field(default_factory=RawExecution)
     databases: dict[str, RawDatabase]
 
     @field_validator("databases")
@@ -111,6 +151,24 @@ class RawProject(_Strict):
 
 
 # --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class TenantsConfig:
+    """Where a multi-tenant database's tenants come from, and how they are laid out."""
+
+    mode: str  # "schema" (a schema, or on MySQL a database, per tenant) or "database" ({tenant} in the url)
+    names: tuple[str, ...] | None  # from `names:` or `file:`, known when the file is read
+    query: str | None = None
+    query_url: str | None = field(default=None, repr=False)
+    pattern: str = DEFAULT_TENANT_PATTERN
+    create: bool = False
+    source: str = "names"  # for messages: "names", "tenants.txt", "query"
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -130,6 +188,7 @@ class DatabaseConfig:
     statement_timeout: float | None
     transaction_per_migration: bool
     line: int
+    tenants: TenantsConfig | None = None
 
     @property
     def display_url(self) -> str:
@@ -145,6 +204,7 @@ class Project:
     script_location: Path
     sys_path: tuple[Path, ...]
     databases: dict[str, DatabaseConfig]
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def where(self, line: int | None) -> str:
         return f"{self.path}:{line}" if line else str(self.path)
@@ -454,6 +514,10 @@ def _allowed_keys(parent: Path_) -> list[str]:
         model: type[BaseModel] = RawProject
     elif parent == ("defaults",):
         model = DatabaseSettings
+    elif parent == ("execution",):
+        model = RawExecution
+    elif len(parent) == 3 and parent[2] == "tenants":
+        model = RawTenants
     else:
         model = RawDatabase
     return list(model.model_fields)
@@ -515,6 +579,7 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
             statement_timeout=_first(db.statement_timeout, raw.defaults.statement_timeout, 0.0) or None,
             transaction_per_migration=_first(db.transaction_per_migration, raw.defaults.transaction_per_migration, True),
             line=loader.lines.of(here) or 0,
+            tenants=_resolve_tenants(loader, here + ("tenants",), db.tenants, url, root) if db.tenants else None,
         )
 
     _check_cycles(loader, databases)
@@ -525,6 +590,7 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
         script_location=(root / raw.script_location).resolve(),
         sys_path=sys_path,
         databases=databases,
+        execution=ExecutionConfig(parallel=raw.execution.parallel),
     )
 
 
@@ -552,7 +618,98 @@ def _resolve_url(loader: _Loader, path: Path_, url: str, root: Path) -> str:
         if database and database != ":memory:" and not database.startswith("file:"):
             if not os.path.isabs(database):
                 parsed = parsed.set(database=str(root / database))
-    return parsed.render_as_string(hide_password=False)
+    # The URL renderer escapes braces; a tenant template keeps its {tenant} readable.
+    return parsed.render_as_string(hide_password=False).replace("%7Btenant%7D", TENANT_PLACEHOLDER)
+
+
+TENANT_PLACEHOLDER = "{tenant}"
+
+
+def _resolve_tenants(loader: _Loader, path: Path_, raw: RawTenants, url: str, root: Path) -> TenantsConfig:
+    parsed = parse_url(url)
+    backend = parsed.get_backend_name()
+    in_url = TENANT_PLACEHOLDER in url
+    if raw.mode == "database" and TENANT_PLACEHOLDER not in (parsed.database or ""):
+        raise loader.error(
+            path + ("mode",),
+            "`mode: database` needs {tenant} in the database part of the url",
+            hint="e.g. url: sqlite:///var/tenants/{tenant}.db, or postgresql+psycopg://host/{tenant}",
+        )
+    if raw.mode == "schema":
+        if in_url:
+            raise loader.error(
+                path + ("mode",),
+                "`mode: schema` takes a plain url; {tenant} belongs to `mode: database`",
+                hint="remove {tenant} from the url, or use `mode: database`",
+            )
+        if backend not in ("postgresql", "mysql", "mariadb"):
+            raise loader.error(
+                path + ("mode",),
+                f"`mode: schema` needs PostgreSQL or MySQL/MariaDB, not {backend}",
+                hint="for SQLite use `mode: database` with a url like sqlite:///var/tenants/{tenant}.db",
+            )
+    elif in_url and TENANT_PLACEHOLDER in (parsed.host or "") + (parsed.username or ""):
+        raise loader.error(path + ("mode",), "{tenant} may only appear in the database part of the url")
+
+    pattern = re.compile(raw.pattern)
+    names: tuple[str, ...] | None = None
+    source = "names"
+    if raw.names is not None:
+        for index, name in enumerate(raw.names):
+            _check_tenant(loader, path + ("names", index), name, pattern, raw.pattern)
+        names = tuple(raw.names)
+    elif raw.file is not None:
+        file = (root / raw.file).resolve()
+        source = str(file)
+        names = tuple(_read_tenant_file(loader, path + ("file",), file, pattern, raw.pattern))
+    if names is not None:
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise loader.error(path, f"tenant{'s' if len(duplicates) > 1 else ''} listed twice: {', '.join(duplicates)}")
+    query_url = None
+    if raw.query_url is not None:
+        query_url = _resolve_url(loader, path + ("query_url",), raw.query_url, root)
+        register_secret(query_url)
+    return TenantsConfig(
+        mode=raw.mode,
+        names=names,
+        query=raw.query,
+        query_url=query_url,
+        pattern=raw.pattern,
+        create=raw.create,
+        source=source if raw.query is None else "query",
+    )
+
+
+def _check_tenant(loader: _Loader, path: Path_, name: Any, pattern: re.Pattern[str], shown: str) -> None:
+    if not isinstance(name, str) or not pattern.match(name):
+        raise loader.error(
+            path,
+            f"tenant name {name!r} does not match the tenant pattern {shown}",
+            hint="tenant names reach SQL as identifiers, so they must match `pattern:` (default "
+            f"{DEFAULT_TENANT_PATTERN}); fix the name or the pattern",
+        )
+
+
+def _read_tenant_file(
+    loader: _Loader, path: Path_, file: Path, pattern: re.Pattern[str], shown: str
+) -> list[str]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise loader.error(path, f"cannot read the tenants file {file}: {exc.strerror}") from None
+    names = []
+    for number, line in enumerate(lines, start=1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if not pattern.match(name):
+            raise ConfigError(
+                f"{file}:{number}: tenant name {name!r} does not match the tenant pattern {shown}",
+                hint=f"fix that line, or the `pattern:` of the tenants in {loader.path}",
+            )
+        names.append(name)
+    return names
 
 
 def _import_metadata(loader: _Loader, path: Path_, ref: str) -> MetaData:

@@ -61,7 +61,10 @@ class EnvTarget:
         which version table, transactions, and its progress hooks."""
         args: dict[str, Any] = {
             "version_table": self.version_table,
-            "version_table_schema": self.schema,
+            # Online, a tenant's connection is already pinned to its schema (search_path), so
+            # the version table is named without one, like every other table of the tenant;
+            # offline, orchestrate heads the script with the search_path to set.
+            "version_table_schema": None,
             "transaction_per_migration": self.target.database.transaction_per_migration,
         }
         if self.offline:

@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.config import Project
+from orchestrator.errors import SelectionError
 from orchestrator.executor import Outcome
+from orchestrator.plan import Plan
 from orchestrator.results import Status, TargetResult
 
 REPORT_VERSION = 1
@@ -114,13 +118,120 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+class Live:
+    """What a person watches during a run: a progress bar in a terminal (failures printed
+    above it), one plain line per target otherwise (CI logs), nothing with ``quiet``."""
+
+    def __init__(self, console: Console, total: int, quiet: bool = False) -> None:
+        self.console = console
+        self.total = total
+        self.quiet = quiet
+        self.failed = 0
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> Live:
+        if not self.quiet and self.console.is_terminal and self.total > 1:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("[red]{task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("migrating", total=self.total, failed=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_result(self, result: TargetResult) -> None:
+        if result.status.is_failure:
+            self.failed += 1
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, failed=self.failed)
+            if result.status.is_failure:
+                print_result(self.console, result)
+        elif not self.quiet:
+            print_result(self.console, result)
+
+    def on_stop(self, reason: str) -> None:
+        if not self.quiet:
+            self.console.print(Text(
+                f"stopping: {reason}; letting running targets finish (Ctrl-C again to abort)", style="yellow"
+            ))
+
+
+def failed_targets(path: Path, project: Project) -> set[tuple[str, str | None]]:
+    """The (database, tenant) pairs of an earlier report that did not succeed."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        targets = data["targets"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SelectionError(f"--retry-failed {path}: not an orchestrate report ({exc})") from None
+    wanted = {Status.FAILED.value, Status.NOT_RUN.value, Status.SKIPPED.value, Status.DIFFERENT.value}
+    pairs = {(t["database"], t.get("tenant")) for t in targets if t.get("status") in wanted}
+    unknown = sorted({database for database, _ in pairs if database not in project.databases})
+    if unknown:
+        raise SelectionError(
+            f"--retry-failed {path}: the report names databases this config does not declare: {', '.join(unknown)}",
+            hint=f"was it written for another orchestrate.yaml than {project.path}?",
+        )
+    if not pairs:
+        raise SelectionError(f"--retry-failed {path}: nothing to retry, every target in it succeeded")
+    return pairs
+
+
+LAGGING_SHOWN = 20
+
+
+def print_status(console: Console, plan: Plan, results: list[TargetResult]) -> None:
+    """Databases without tenants as one table; each multi-tenant database summarised."""
+    fleets = {db.name for db in plan.databases if db.tenants is not None}
+    single = [r for r in results if r.database not in fleets]
+    if single:
+        console.print(status_table(single))
+    for name in [db.name for db in plan.databases if db.name in fleets]:
+        console.print(fleet_summary(name, [r for r in results if r.database == name]))
+
+
+def fleet_summary(database: str, results: list[TargetResult]) -> Table:
+    heads = next((r.data.get("head") for r in results if r.data.get("head") is not None), [])
+    failed = [r for r in results if r.status is Status.FAILED]
+    counts = Counter(tuple(r.after) for r in results if r.status is not Status.FAILED)
+    table = Table(title=f"{database}: {len(results)} tenants, head {revisions(heads)}", show_edge=False,
+                  title_justify="left", title_style="bold")
+    table.add_column("revision")
+    table.add_column("tenants", justify="right")
+    table.add_column("note")
+    for revs, count in sorted(counts.items(), key=lambda kv: (list(kv[0]) != heads, -kv[1])):
+        at_head = list(revs) == heads
+        table.add_row(revisions(list(revs)), str(count), Text("at head" if at_head else "behind",
+                                                             style="green" if at_head else "yellow"))
+    if failed:
+        table.add_row("?", str(len(failed)), Text("could not be read", style="red"))
+    lagging = [r for r in results if r.status is not Status.FAILED and r.after != heads]
+    if lagging or failed:
+        shown = ", ".join(r.tenant or r.target for r in (failed + lagging)[:LAGGING_SHOWN])
+        more = len(failed) + len(lagging) - LAGGING_SHOWN
+        table.caption = f"not at head: {shown}" + (f" and {more} more (--json lists all)" if more > 0 else "")
+        table.caption_justify = "left"
+    return table
+
+
 def status_table(results: list[TargetResult]) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("database", "tenant", "current", "head", "pending", "note"):
+    for column in ("database", "current", "head", "pending", "note"):
         table.add_column(column, justify="right" if column == "pending" else "left")
     for r in results:
         if r.status is Status.FAILED:
-            table.add_row(r.database, r.tenant or "", "?", "", "", Text(r.error or "", style="red"))
+            table.add_row(r.target, "?", "", "", Text(r.error or "", style="red"))
             continue
         pending = r.data.get("pending", 0)
         note = ""
@@ -129,8 +240,7 @@ def status_table(results: list[TargetResult]) -> Table:
         elif pending:
             note = "behind"
         table.add_row(
-            r.database,
-            r.tenant or "",
+            r.target,
             revisions(r.after),
             revisions(r.data.get("head", [])),
             Text(str(pending), style="yellow" if pending else "green"),

@@ -22,7 +22,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import bindparam, create_engine, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -32,8 +32,8 @@ from orchestrator.dialects import Dialect, dialect_for, is_async_url
 from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY
 from orchestrator.errors import OrchestrateError, TargetError
 from orchestrator.results import Status, TargetResult
-from orchestrator.targets import Target
-from orchestrator.urls import mask_text
+from orchestrator.targets import Target, make_target
+from orchestrator.urls import mask_text, parse_url
 
 T = TypeVar("T")
 
@@ -142,6 +142,12 @@ class Runner:
         """
         dialect = dialect_for(target)
         url = dialect.engine_url(target)
+        tenants = target.database.tenants
+        if target.tenant is not None and tenants is not None and tenants.create and lock:
+            try:
+                dialect.ensure_database(target)
+            except SQLAlchemyError as exc:
+                raise _connect_error(target, exc) from exc
         if is_async_url(url):
             return _run_coroutine(self._with_async_connection(target, dialect, work, lock), target)
         try:
@@ -271,6 +277,10 @@ class Runner:
             if upgrade and not tracker.before:
                 _refuse_unversioned(connection, target)
             connection.rollback()  # Alembic must start outside a transaction to manage its own
+            try:  # plan now too, so that a lock wait before Alembic plans still names the revision
+                plan(tuple(tracker.before), None)  # type: ignore[arg-type]
+            except CommandError:
+                pass  # Alembic raises it again, in its place
             dialect = dialect_for(target)
             watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
             try:
@@ -343,6 +353,49 @@ class Runner:
             )
 
         return self.attempt(target, run)
+
+    def read_versions(self, database: DatabaseConfig, targets: list[Target]) -> list[TargetResult]:
+        """``current`` for many targets of one database; schema-per-tenant fleets are read in
+        bulk, in one connection and a few queries per server instead of one connection each."""
+        tenants = database.tenants
+        if not targets:
+            return []
+        if tenants is None or tenants.mode != "schema" or len(targets) == 1:
+            return [self.current(t) for t in targets]
+        started = time.perf_counter()
+        script = self.script(database)
+        try:
+            versions = self.with_connection(
+                make_target(database), lambda connection: _bulk_versions(connection, database, targets)
+            )
+        except Exception as exc:
+            return [failure(t, exc) for t in targets]
+        heads = sorted(script.get_heads())
+        pending_of: dict[tuple[str, ...], int | None] = {}
+        results = []
+        for target in targets:
+            current = versions.get(target.tenant or "")
+            if current is None:
+                results.append(TargetResult.for_target(
+                    target, Status.FAILED,
+                    error=f"{target.name}: {'schema' if target.schema else 'database'} {target.tenant!r} does not exist",
+                    hint="create it (or set `create: true` under tenants) and upgrade",
+                ))
+                continue
+            key = tuple(current)
+            if key not in pending_of:
+                try:
+                    pending_of[key] = len(script._upgrade_revs("heads", key))
+                except CommandError:
+                    pending_of[key] = None
+            results.append(TargetResult.for_target(
+                target, Status.OK, before=current, after=current,
+                data={"head": heads, "pending": pending_of[key], "unversioned_tables": []},
+            ))
+        elapsed = (time.perf_counter() - started) / len(targets)
+        for result in results:
+            result.duration = elapsed
+        return results
 
     def sql(self, target: Target, revision: str, upgrade: bool, output: IO[str]) -> TargetResult:
         """Offline mode (``--sql``): write the target's migration SQL to ``output``."""
@@ -431,12 +484,18 @@ class Runner:
 
 def _work_on(connection: Connection, target: Target, dialect: Dialect, work: Callable[[Connection], T]) -> T:
     dialect.prepare(connection, target)
+    if target.schema is not None:
+        tenants = target.database.tenants
+        dialect.use_schema(connection, target, create=bool(tenants and tenants.create))
     connection.commit()  # Alembic must not see our set-up as an outer transaction
     try:
         result = work(connection)
     except BaseException:
-        if connection.in_transaction():
-            connection.rollback()
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection (Ctrl-C mid-query): keep the first error
+            pass
         raise
     if connection.in_transaction():
         connection.commit()
@@ -462,10 +521,55 @@ def _run_coroutine(coroutine: Any, target: Target) -> Any:
 def _connect_error(target: Target, exc: BaseException) -> TargetError:
     detail = getattr(exc, "orig", None) or exc
     first = str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
-    return TargetError(
-        f"{target.name}: cannot connect to {target.display_url}: {mask_text(first)}",
-        hint="is the server running and the URL right? (URLs come from orchestrate.yaml and its ${VARIABLES})",
+    hint = "is the server running and the URL right? (URLs come from orchestrate.yaml and its ${VARIABLES})"
+    if target.tenant is not None:
+        hint = (
+            f"does the tenant's database exist? create it, or set `create: true` under the tenants "
+            f"of `{target.database.name}` (schema mode); " + hint
+        )
+    return TargetError(f"{target.name}: cannot connect to {target.display_url}: {mask_text(first)}", hint=hint)
+
+
+BULK_CHUNK = 500  # version tables read per UNION ALL statement
+
+
+def _bulk_versions(connection: Connection, database: DatabaseConfig, targets: list[Target]) -> dict[str, list[str]]:
+    """tenant -> revisions, for schema-per-tenant targets on one server; a tenant whose
+    schema (MySQL: database) is missing is left out, one with no version table maps to []."""
+    table = database.version_table
+    containers = {t.schema or parse_url(t.url).database or "": t.tenant or "" for t in targets}
+    existing = set(
+        connection.execute(
+            text("SELECT schema_name FROM information_schema.schemata WHERE schema_name IN :names").bindparams(
+                bindparam("names", expanding=True)
+            ),
+            {"names": list(containers)},
+        ).scalars()
     )
+    versioned = set(
+        connection.execute(
+            text(
+                "SELECT table_schema FROM information_schema.tables "
+                "WHERE table_name = :table AND table_schema IN :names"
+            ).bindparams(bindparam("names", expanding=True)),
+            {"table": table, "names": sorted(existing)},
+        ).scalars()
+    ) if existing else set()
+    found: dict[str, list[str]] = {containers[c]: [] for c in existing}
+    quote = connection.dialect.identifier_preparer.quote_identifier
+    chunk: list[str] = sorted(versioned)
+    for start in range(0, len(chunk), BULK_CHUNK):
+        part = chunk[start:start + BULK_CHUNK]
+        # Identifiers quoted by the dialect (and validated against the tenant pattern before);
+        # the tenant each row belongs to travels as a bound parameter.
+        union = " UNION ALL ".join(
+            f"SELECT :c{i} AS container, version_num FROM {quote(name)}.{quote(table)}" for i, name in enumerate(part)
+        )
+        rows = connection.execute(text(union), {f"c{i}": name for i, name in enumerate(part)})
+        for container, version in rows:
+            found[containers[container]].append(version)
+    connection.rollback()
+    return {tenant: sorted(revs) for tenant, revs in found.items()}
 
 
 def _unversioned_tables(connection: Connection, target: Target) -> list[str]:
@@ -515,6 +619,11 @@ def _migration_error(
     failing = tracker.failing()
     detail = _error_text(exc)
     at = ", ".join(heads) or "base (no revision)"
+    if failing is None and lock_timeout:
+        message = f"{target.name}: waited longer than lock_timeout ({target.database.lock_timeout:g}s) for a lock: {detail}"
+        message += f"\nblocked by: {blocked_by}" if blocked_by else ""
+        hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
+        return TargetError(mask_text(message), hint=hint, lock_timeout=True)
     if failing is None:
         hint = "see `orchestrate history -n {0}` for known revisions".format(target.database.name) if isinstance(
             exc, CommandError

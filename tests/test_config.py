@@ -410,7 +410,7 @@ def test_unknown_top_level_key_names_its_own_line(tmp_path: Path) -> None:
     assert_at(err, path, 3)
     assert "unknown key `databasez` (and 1 more problem)" in err.message  # and databases: is missing
     assert "did you mean `databases`?" in (err.hint or "")
-    assert "script_location, sys_path, defaults, databases" in (err.hint or "")
+    assert "script_location, sys_path, defaults, execution, databases" in (err.hint or "")
 
 
 def test_unknown_key_under_defaults(tmp_path: Path) -> None:
