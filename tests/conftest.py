@@ -79,40 +79,31 @@ def mysql_url() -> Iterator[str]:
         admin.dispose()
 
 
-def pg_connections(url: str) -> list[dict[str, Any]]:
-    """Sessions other than ours connected to the database of ``url`` (pg_stat_activity)."""
-    database = make_url(url).database
-    admin = create_engine(PG_URL, poolclass=NullPool)
+def _sessions(admin_url: str, sql: str, url: str) -> list[dict[str, Any]]:
+    admin = create_engine(admin_url, poolclass=NullPool)
     try:
         with admin.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT pid, state, query FROM pg_stat_activity "
-                    "WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": database},
-            ).mappings()
-            return [dict(r) for r in rows]
+            return [dict(r) for r in connection.execute(text(sql), {"db": make_url(url).database}).mappings()]
     finally:
         admin.dispose()
+
+
+def pg_connections(url: str) -> list[dict[str, Any]]:
+    """Sessions other than ours connected to the database of ``url`` (pg_stat_activity)."""
+    return _sessions(
+        PG_URL,
+        "SELECT pid, state, query FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()",
+        url,
+    )
 
 
 def mysql_connections(url: str) -> list[dict[str, Any]]:
     """Sessions other than ours using the database of ``url`` (information_schema.processlist)."""
-    database = make_url(url).database
-    admin = create_engine(MYSQL_URL, poolclass=NullPool)
-    try:
-        with admin.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT id, command, info FROM information_schema.processlist "
-                    "WHERE db = :db AND id <> CONNECTION_ID()"
-                ),
-                {"db": database},
-            ).mappings()
-            return [dict(r) for r in rows]
-    finally:
-        admin.dispose()
+    return _sessions(
+        MYSQL_URL,
+        "SELECT id, command, info FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()",
+        url,
+    )
 
 
 @dataclass
