@@ -18,12 +18,44 @@ from typing import Any, ClassVar
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 
+from orchestrator.blockers import (
+    PollingWatch,
+    mysql_blockers,
+    mysql_has_metadata_lock_info,
+    postgresql_blockers,
+    sqlite_write_lock_holders,
+)
 from orchestrator.errors import TargetError
 from orchestrator.targets import Target
 from orchestrator.urls import mask_text, parse_url
 
 #: How often a waiting run asks again for a migration lock that another run holds.
 LOCK_POLL_SECONDS = 0.2
+#: Where ``prepare`` leaves the server's id of a connection (PostgreSQL pid, MySQL thread id).
+BACKEND_ID_KEY = "orchestrate.backend_id"
+#: Set on a SQLite connection while it migrates: its transactions take the write lock up
+#: front (BEGIN IMMEDIATE), so a busy database is waited for, up to busy_timeout.
+SQLITE_IMMEDIATE_KEY = "orchestrate.sqlite_begin_immediate"
+#: How soon a PostgreSQL backend notices that its client died in the middle of a statement.
+CLIENT_CHECK_INTERVAL = "1s"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error it wraps (``.orig``) and its causes and contexts."""
+    seen: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        stack.extend([getattr(item, "orig", None), item.__cause__, item.__context__])
+    return seen
+
+
+def _lock_owner() -> str:
+    """How a run names itself where the server lets it (PostgreSQL application_name)."""
+    return f"orchestrate pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
 class BlockerWatch:
@@ -90,6 +122,20 @@ class Dialect:
         """Extra options for Alembic's ``context.configure`` on this server."""
         return {}
 
+    def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
+        """Point a fresh connection at the target's schema (schema-per-tenant), creating
+        it when ``create``; a missing schema is a TargetError."""
+        raise TargetError(f"{target.name}: schemas per tenant are not supported on {self.name}")
+
+    def ensure_database(self, target: Target) -> None:
+        """Create the target's own database before connecting, where the server needs that
+        (MySQL database-per-tenant with ``create: true``)."""
+
+    @staticmethod
+    def quote(connection: Connection, identifier: str) -> str:
+        """An identifier quoted by the dialect's own rules (names are validated before)."""
+        return connection.dialect.identifier_preparer.quote_identifier(identifier)
+
     def partial_failure_note(self) -> str | None:
         """What a person must know when a revision fails halfway on this server."""
         return None
@@ -118,6 +164,19 @@ class PostgreSQL(Dialect):
     name = "postgresql"
     lock_needs_connection = True
 
+    def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
+        schema = target.schema or ""
+        exists = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
+        if not exists:
+            if not create:
+                raise TargetError(
+                    f"{target.name}: schema {schema!r} does not exist in {target.display_url}",
+                    hint="create it, or set `create: true` under the database's `tenants:`",
+                )
+            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(connection, schema)}"))
+        # Only the tenant's schema: an unqualified name can never reach another tenant's table.
+        connection.execute(text("SELECT set_config('search_path', quote_ident(:s), false)"), {"s": schema})
+
     @staticmethod
     def _key(target: Target) -> int:
         return int.from_bytes(hashlib.sha256(lock_name(target).encode()).digest()[:8], "big", signed=True)
@@ -125,6 +184,12 @@ class PostgreSQL(Dialect):
     def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
         assert connection is not None
         key = self._key(target)
+        # Name this run in pg_stat_activity, so that a run kept waiting can say who holds the
+        # lock (unless the URL chose an application_name of its own).
+        connection.execute(
+            text("SELECT set_config('application_name', :v, false) WHERE current_setting('application_name') = ''"),
+            {"v": _lock_owner()},
+        )
         started = time.monotonic()
         while True:
             got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
@@ -164,18 +229,92 @@ class PostgreSQL(Dialect):
         return " ".join(parts)
 
     def prepare(self, connection: Connection, target: Target) -> None:
+        pid, version = connection.execute(
+            text("SELECT pg_backend_pid(), current_setting('server_version_num')::int")
+        ).one()
+        connection.info[BACKEND_ID_KEY] = pid
         timeout_ms = int(target.database.lock_timeout * 1000)
         connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": f"{timeout_ms}ms"})
+        if target.database.statement_timeout:
+            statement_ms = max(1, int(target.database.statement_timeout * 1000))
+            connection.execute(text("SELECT set_config('statement_timeout', :v, false)"), {"v": f"{statement_ms}ms"})
+        if version >= 140000:
+            # A run killed in the middle of a long statement must not leave its backend
+            # working (and holding locks) until the statement ends.
+            connection.execute(
+                text("SELECT set_config('client_connection_check_interval', :v, false)"), {"v": CLIENT_CHECK_INTERVAL}
+            )
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        # 55P03 lock_not_available: lock_timeout ran out (or NOWAIT found the lock taken).
+        return any(
+            getattr(e, "sqlstate", None) == "55P03" or getattr(e, "pgcode", None) == "55P03" for e in _causes(exc)
+        )
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        pid = connection.info.get(BACKEND_ID_KEY)
+        if pid is None:
+            return BlockerWatch()
+        return PollingWatch(
+            target.name,
+            _lender(watcher, target),
+            lambda spare: postgresql_blockers(spare, pid),
+            target.database.lock_timeout,
+        )
 
 
 class MySQL(Dialect):
     name = "mysql"
     transactional_ddl = False
 
+    def ensure_database(self, target: Target) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        url = parse_url(target.url)
+        engine = create_engine(url.set(database=None), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                name = url.database or ""
+                connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {self.quote(connection, name)}"))
+                connection.commit()
+        finally:
+            engine.dispose()
+
     def prepare(self, connection: Connection, target: Target) -> None:
+        connection.info[BACKEND_ID_KEY] = connection.execute(text("SELECT CONNECTION_ID()")).scalar()
         seconds = max(1, round(target.database.lock_timeout))  # MySQL counts whole seconds, at least 1
         connection.execute(text("SET SESSION lock_wait_timeout = :v"), {"v": seconds})
         connection.execute(text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": seconds})
+        statement_timeout = target.database.statement_timeout
+        if statement_timeout:
+            if getattr(connection.dialect, "is_mariadb", False):
+                connection.execute(text("SET SESSION max_statement_time = :v"), {"v": float(statement_timeout)})
+            else:  # MySQL: milliseconds, and for SELECT statements only
+                connection.execute(text("SET SESSION max_execution_time = :v"), {"v": max(1, int(statement_timeout * 1000))})
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        # 1205 ER_LOCK_WAIT_TIMEOUT: lock_wait_timeout (table metadata locks) or
+        # innodb_lock_wait_timeout (row locks) ran out.
+        for e in _causes(exc):
+            args = getattr(e, "args", ())
+            if args and isinstance(args[0], int) and args[0] == 1205:
+                return True
+        return False
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        me = connection.info.get(BACKEND_ID_KEY)
+        if me is None:
+            return BlockerWatch()
+        database = parse_url(target.url).database
+        plugin: list[bool] = []
+
+        def poll(spare: Connection) -> list[str]:
+            if not plugin:
+                plugin.append(mysql_has_metadata_lock_info(spare))
+            return mysql_blockers(spare, int(me), database, plugin[0])
+
+        return PollingWatch(target.name, _lender(watcher, target), poll, target.database.lock_timeout)
 
     lock_needs_connection = True
 
@@ -234,7 +373,10 @@ class SQLite(Dialect):
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            # A migration takes the write lock when it begins: a deferred BEGIN that has
+            # read would get "database is locked" at its first write at once, without
+            # waiting busy_timeout for the writer to finish.
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get(SQLITE_IMMEDIATE_KEY) else "BEGIN")
 
     def prepare(self, connection: Connection, target: Target) -> None:
         timeout_ms = int(target.database.lock_timeout * 1000)
@@ -242,6 +384,17 @@ class SQLite(Dialect):
 
     def configure_options(self, target: Target) -> dict[str, Any]:
         return {"transactional_ddl": True}
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        for e in _causes(exc):
+            if getattr(e, "sqlite_errorcode", None) in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
+                return True
+            if type(e).__name__ == "OperationalError" and "database is locked" in str(e):
+                return True
+        return False
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        return _SQLiteWriteWatch(connection, parse_url(target.url).database)
 
     def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
         """An OS lock (flock) on a file beside the database: the OS drops it if we die."""
@@ -278,6 +431,61 @@ class SQLite(Dialect):
                 os.close(fd)
 
         return MigrationLock(release)
+
+
+class _SQLiteWriteWatch(BlockerWatch):
+    """While a SQLite migration runs: its transactions begin IMMEDIATE (so busy_timeout
+    bounds the wait for the write lock); afterwards, who held that lock."""
+
+    def __init__(self, connection: Connection, database: str | None) -> None:
+        self._connection = connection
+        self._database = database
+
+    def __enter__(self) -> _SQLiteWriteWatch:
+        self._connection.info[SQLITE_IMMEDIATE_KEY] = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._connection.info.pop(SQLITE_IMMEDIATE_KEY, None)
+
+    def describe(self) -> str | None:
+        database = self._database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return "another connection holds a write lock on the database"
+        holders = sqlite_write_lock_holders(database)
+        return f"another connection holds a write lock on {database}" + (
+            f" ({'; '.join(holders)})" if holders else ""
+        )
+
+
+def _lender(watcher: Connection | None, target: Target) -> Any:
+    """How a blocker watch gets its connection: the migration lock's spare connection when
+    there is one (lent, not closed), else a short-lived sync one of its own (async drivers)."""
+
+    def lend() -> tuple[Connection, Any]:
+        if watcher is not None:
+            return watcher, lambda: None
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        url = parse_url(target.url)
+        sync = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+        engine = create_engine(url.set(drivername=sync.get(url.get_backend_name(), url.drivername)), poolclass=NullPool)
+        try:
+            connection = engine.connect()
+        except BaseException:
+            engine.dispose()
+            raise
+
+        def give_back() -> None:
+            try:
+                connection.close()
+            finally:
+                engine.dispose()
+
+        return connection, give_back
+
+    return lend
 
 
 _DIALECTS: dict[str, type[Dialect]] = {

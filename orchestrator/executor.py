@@ -100,8 +100,11 @@ _worker_runner: Any = None
 
 
 def _init_worker(config_path: str) -> None:
-    """Runs once in each worker process: ignore Ctrl-C (the parent decides), load the project."""
+    """Runs once in each worker process: load the project; leave Ctrl-C and SIGTERM to the
+    parent (sent to the whole process group, they would kill a target mid-revision); the
+    parent lets running targets finish, or kills the workers on a second Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from orchestrator.config import load_project
     from orchestrator.runner import Runner
 
@@ -249,7 +252,7 @@ class _Pool:
     def abort(self) -> None:
         if self._executor is not None:
             for process in list(getattr(self._executor, "_processes", {}).values()):
-                process.terminate()  # a killed session's server rolls back and drops its locks
+                process.kill()  # the server rolls back a killed session and drops its locks
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
