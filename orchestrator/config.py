@@ -119,7 +119,7 @@ class RawDatabase(DatabaseSettings):
     @field_validator("metadata")
     @classmethod
     def _metadata_ref(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[\w.]+:[\w.]+$", value):
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
             raise ValueError(f"{value!r} is not 'module:attribute', e.g. myapp.models:metadata")
         return value
 
@@ -682,7 +682,7 @@ def _resolve_tenants(loader: _Loader, path: Path_, raw: RawTenants, url: str, ro
 
 
 def _check_tenant(loader: _Loader, path: Path_, name: Any, pattern: re.Pattern[str], shown: str) -> None:
-    if not isinstance(name, str) or not pattern.match(name):
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise loader.error(
             path,
             f"tenant name {name!r} does not match the tenant pattern {shown}",
@@ -703,7 +703,7 @@ def _read_tenant_file(
         name = line.split("#", 1)[0].strip()
         if not name:
             continue
-        if not pattern.match(name):
+        if not pattern.fullmatch(name):
             raise ConfigError(
                 f"{file}:{number}: tenant name {name!r} does not match the tenant pattern {shown}",
                 hint=f"fix that line, or the `pattern:` of the tenants in {loader.path}",
@@ -780,17 +780,39 @@ def version_table_place(url: str, schema: str | None, version_table: str) -> tup
     return (backend, host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database, schema, version_table)
 
 
+def _version_table_places(db: DatabaseConfig) -> list[tuple[Any, ...]]:
+    """Where the version tables of ``db``'s targets live, as far as the file tells
+    (a fleet whose tenants come from a query is only known when it runs)."""
+    tenants = db.tenants
+    if tenants is None:
+        places = [version_table_place(db.url, None, db.version_table)]
+    elif tenants.names is None:
+        return []
+    else:
+        url = parse_url(db.url)
+        places = []
+        for tenant in tenants.names:
+            if tenants.mode == "database":
+                tenant_url = url.set(database=(url.database or "").replace(TENANT_PLACEHOLDER, tenant))
+                places.append(version_table_place(tenant_url.render_as_string(False), None, db.version_table))
+            elif url.get_backend_name() == "postgresql":
+                places.append(version_table_place(db.url, tenant, db.version_table))
+            else:  # MySQL: a database per tenant
+                places.append(
+                    version_table_place(url.set(database=tenant).render_as_string(False), None, db.version_table)
+                )
+    return [p for p in places if p is not None]
+
+
 def _check_version_tables(loader: _Loader, databases: dict[str, DatabaseConfig]) -> None:
     seen: dict[tuple[Any, ...], str] = {}
     for db in databases.values():
-        place = version_table_place(db.url, None, db.version_table)
-        if place is None:
-            continue
-        if place in seen:
-            raise loader.error(
-                ("databases", db.name),
-                f"`{db.name}` and `{seen[place]}` would share the version table "
-                f"`{db.version_table}` in {db.display_url}",
-                hint=f"give one of them its own `version_table:`, e.g. version_table: alembic_version_{db.name}",
-            )
-        seen[place] = db.name
+        for place in dict.fromkeys(_version_table_places(db)):
+            if place in seen:
+                raise loader.error(
+                    ("databases", db.name),
+                    f"`{db.name}` and `{seen[place]}` would share the version table "
+                    f"`{db.version_table}` in {db.display_url}",
+                    hint=f"give one of them its own `version_table:`, e.g. version_table: alembic_version_{db.name}",
+                )
+            seen[place] = db.name

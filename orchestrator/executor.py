@@ -38,6 +38,11 @@ class Operation:
     def apply(self, runner: Any, target: Target) -> TargetResult:
         return getattr(runner, self.name)(target, *self.args)
 
+    def aborted(self, runner: Any, target: Target) -> TargetResult:
+        """The result of ``target`` when the run was aborted while it ran."""
+        revision = self.args[0] if self.args and isinstance(self.args[0], str) else None
+        return runner.aborted(target, self.name, revision)
+
 
 @dataclass
 class Outcome:
@@ -197,7 +202,10 @@ def execute(
         stop.request("the run was aborted", True)
         pool.abort()
         for target in [*running.values(), *([current] if current is not None else [])]:
-            record(TargetResult.for_target(target, Status.FAILED, error=f"{target.name}: {_aborted(target)}"))
+            if runner is not None and hasattr(operation, "aborted"):
+                record(operation.aborted(runner, target))
+            else:
+                record(TargetResult.for_target(target, Status.FAILED, error=f"{target.name}: aborted while running"))
         running.clear()
     finally:
         pool.close()
@@ -207,12 +215,6 @@ def execute(
             target = queue.popleft()
             record(TargetResult.for_target(target, Status.NOT_RUN, error=f"{target.name}: not run: {stop.reason}"))
     return outcome
-
-
-def _aborted(target: Target) -> str:
-    if target.dialect == "mysql":
-        return "aborted while migrating; MySQL/MariaDB commit DDL at once, so its revision may be partly applied"
-    return "aborted while migrating; its open revision was rolled back"
 
 
 def _result_of(future: Future[TargetResult], target: Target) -> TargetResult:

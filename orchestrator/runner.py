@@ -333,6 +333,11 @@ class Runner:
 
         def run() -> TargetResult:
             script = self.script(target.database)
+            if dialect_for(target).file_missing(target):  # not migrated yet; don't create it by looking
+                pending = len(script._upgrade_revs("heads", ()))
+                return TargetResult.for_target(
+                    target, Status.OK, data={"head": sorted(script.get_heads()), "pending": pending, "missing": True}
+                )
 
             def read(connection: Connection) -> tuple[list[str], list[str]]:
                 heads = current_heads(connection, target)
@@ -353,6 +358,31 @@ class Runner:
             )
 
         return self.attempt(target, run)
+
+    def aborted(self, target: Target, operation: str, revision: str | None) -> TargetResult:
+        """The result of a target whose run was aborted mid-way (second Ctrl-C, a killed
+        worker): where its version table really is, and the revision that was running."""
+        message = f"{target.name}: aborted while migrating; " + (
+            dialect_for(target).partial_failure_note() or "its open revision was rolled back"
+        )
+        try:
+            after = self.with_connection(target, lambda connection: current_heads(connection, target))
+        except Exception as exc:  # the server may be the reason for the abort
+            return TargetResult.for_target(target, Status.FAILED, error=f"{message}; state unknown: {_error_text(exc)}")
+        running = None
+        if operation in ("upgrade", "downgrade") and revision:
+            script = self.script(target.database)
+            try:
+                steps = (script._upgrade_revs if operation == "upgrade" else script._downgrade_revs)(
+                    revision, tuple(after)
+                )
+                running = steps[0].revision.revision if steps else None
+            except CommandError:
+                running = None
+        return TargetResult.for_target(
+            target, Status.FAILED, after=after, failed_revision=running,
+            error=message + f"; the version table is at {', '.join(after) or 'base'}",
+        )
 
     def read_versions(self, database: DatabaseConfig, targets: list[Target]) -> list[TargetResult]:
         """``current`` for many targets of one database; schema-per-tenant fleets are read in

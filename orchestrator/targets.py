@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from orchestrator.config import TENANT_PLACEHOLDER, DatabaseConfig, Project
-from orchestrator.errors import OrchestrateError
+from orchestrator.errors import ConfigError, OrchestrateError
 from orchestrator.urls import mask_text, mask_url, parse_url
 
 
@@ -44,7 +44,7 @@ def make_target(database: DatabaseConfig, tenant: str | None = None) -> Target:
     tenants = database.tenants
     if tenants is None or tenant is None:
         return Target(database=database, url=database.url)
-    if not re.match(tenants.pattern, tenant):  # names reach SQL as identifiers: check every path in
+    if not re.fullmatch(tenants.pattern, tenant):  # names reach SQL as identifiers: check every path in
         raise OrchestrateError(
             f"{database.name}: tenant name {tenant!r} does not match the tenant pattern {tenants.pattern}",
             hint="tenant names must match `pattern:` under the database's `tenants:`",
@@ -90,8 +90,8 @@ def tenant_names(database: DatabaseConfig) -> list[str]:
     pattern = re.compile(tenants.pattern)
     for row in rows:
         name = row[0]
-        if not isinstance(name, str) or not pattern.match(name):
-            raise OrchestrateError(
+        if not isinstance(name, str) or not pattern.fullmatch(name):
+            raise ConfigError(
                 f"{database.name}: the tenants query returned {mask_text(repr(name))}, "
                 f"which does not match the tenant pattern {tenants.pattern}",
                 hint="tenant names reach SQL as identifiers; fix the data or `pattern:`",
