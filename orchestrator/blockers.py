@@ -189,13 +189,15 @@ def mysql_has_metadata_lock_info(connection: Connection) -> bool:
             connection.rollback()
 
 
-def _mysql_ids(connection: Connection, sql: str, **params: Any) -> list[int]:
+def _mysql_ids(connection: Connection, sql: str, **params: Any) -> list[int] | None:
+    """Connection ids from ``sql``; None when the server refuses (no such view on this
+    server, or no PROCESS privilege for the InnoDB views)."""
     try:
         return [int(r[0]) for r in connection.execute(text(sql), params) if r[0] is not None]
-    except Exception:  # noqa: BLE001 - a view this server does not have (MySQL 8 vs MariaDB)
+    except Exception:  # noqa: BLE001
         if connection.in_transaction():
             connection.rollback()
-        return []
+        return None
 
 
 def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_plugin: bool) -> list[str]:
@@ -209,7 +211,7 @@ def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_pl
     if mine is None:
         return []
     state = (mine["state"] or "").lower()
-    exact = _mysql_ids(
+    exact: list[int] | None = _mysql_ids(
         connection,
         "SELECT DISTINCT b.trx_mysql_thread_id FROM information_schema.innodb_lock_waits w "
         "JOIN information_schema.innodb_trx b ON b.trx_id = w.blocking_trx_id "
@@ -219,6 +221,8 @@ def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_pl
     )
     lead = "row lock"
     certain = True
+    unsure = "one of these sessions with an open transaction holds it (MariaDB names the holder only with the metadata_lock_info plugin)"
+    blind = exact is None  # no PROCESS privilege: the InnoDB views are closed to this user
     if not exact and "metadata lock" in state:
         lead = "table metadata lock"
         if mdl_plugin:
@@ -237,18 +241,42 @@ def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_pl
                 "WHERE t.trx_mysql_thread_id NOT IN (:me, :own) ORDER BY (p.db = :db) DESC, t.trx_started",
                 db=database or "", me=me, own=own,
             )
+            blind = blind or exact is None
+    if not exact and blind and state.startswith("waiting"):
+        # All this user may see: its own sessions on the same database.
+        certain = False
+        unsure = "this user may not see transactions (no PROCESS privilege); its other sessions on this database"
+        exact = _mysql_ids(
+            connection,
+            "SELECT id FROM information_schema.processlist WHERE db = :db AND id NOT IN (:me, :own) ORDER BY time DESC",
+            db=database or "", me=me, own=own,
+        )
+        if not exact:
+            return [f"a session this user cannot see holds the {lead} (grant the PROCESS privilege to name it)"]
     if not exact:
         return []
-    rows = connection.execute(
-        text(
-            "SELECT p.id, p.user, p.host, p.db, p.command, p.time, p.state, p.info, "
-            "t.trx_started, TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS trx_age, t.trx_query "
-            "FROM information_schema.processlist p "
-            "LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id "
-            "WHERE p.id IN :ids"
-        ).bindparams(bindparam("ids", expanding=True)),
-        {"ids": exact},
-    ).mappings().all()
+    try:
+        rows = connection.execute(
+            text(
+                "SELECT p.id, p.user, p.host, p.db, p.command, p.time, p.state, p.info, "
+                "t.trx_started, TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS trx_age, t.trx_query "
+                "FROM information_schema.processlist p "
+                "LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id "
+                "WHERE p.id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True)),
+            {"ids": exact},
+        ).mappings().all()
+    except Exception:  # noqa: BLE001 - no PROCESS privilege: the processlist alone
+        if connection.in_transaction():
+            connection.rollback()
+        rows = connection.execute(
+            text(
+                "SELECT p.id, p.user, p.host, p.db, p.command, p.time, p.state, p.info, "
+                "NULL AS trx_started, NULL AS trx_age, NULL AS trx_query "
+                "FROM information_schema.processlist p WHERE p.id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True)),
+            {"ids": exact},
+        ).mappings().all()
     by_id = {int(r["id"]): r for r in rows}
     found = []
     for ident in exact:
@@ -267,10 +295,7 @@ def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_pl
         return []
     if certain:
         return [f"{lead} held by {item}" for item in found]
-    return [
-        f"{lead}: one of these sessions with an open transaction holds it "
-        f"(MariaDB names the holder only with the metadata_lock_info plugin): " + " | ".join(found)
-    ]
+    return [f"{lead}: {unsure}: " + " | ".join(found)]
 
 
 # ---------------------------------------------------------------------- SQLite

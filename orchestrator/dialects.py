@@ -136,6 +136,10 @@ class Dialect:
         """An identifier quoted by the dialect's own rules (names are validated before)."""
         return connection.dialect.identifier_preparer.quote_identifier(identifier)
 
+    def file_missing(self, target: Target) -> bool:
+        """Is the target a database file that does not exist yet? (Reading it must not create it.)"""
+        return False
+
     def partial_failure_note(self) -> str | None:
         """What a person must know when a revision fails halfway on this server."""
         return None
@@ -211,7 +215,7 @@ class PostgreSQL(Dialect):
         unsigned = key & 0xFFFFFFFFFFFFFFFF
         row = connection.execute(
             text(
-                "SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start "
+                "SELECT a.pid, a.application_name, host(a.client_addr) AS addr, a.backend_start "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
                 "AND l.classid::bigint = :hi AND l.objid::bigint = :lo"
@@ -233,7 +237,7 @@ class PostgreSQL(Dialect):
             text("SELECT pg_backend_pid(), current_setting('server_version_num')::int")
         ).one()
         connection.info[BACKEND_ID_KEY] = pid
-        timeout_ms = int(target.database.lock_timeout * 1000)
+        timeout_ms = max(1, int(target.database.lock_timeout * 1000))  # 0 would mean "wait forever"
         connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": f"{timeout_ms}ms"})
         if target.database.statement_timeout:
             statement_ms = max(1, int(target.database.statement_timeout * 1000))
@@ -272,7 +276,7 @@ class MySQL(Dialect):
         from sqlalchemy.pool import NullPool
 
         url = parse_url(target.url)
-        engine = create_engine(url.set(database=None), poolclass=NullPool)
+        engine = create_engine(url._replace(database=None), poolclass=NullPool)
         try:
             with engine.connect() as connection:
                 name = url.database or ""
@@ -322,7 +326,7 @@ class MySQL(Dialect):
         assert connection is not None
         name = lock_name(target)[:64]  # GET_LOCK names are server-wide and at most 64 characters
         started = time.monotonic()
-        got = connection.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": max(0, int(wait))}).scalar()
+        got = connection.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": max(0.0, float(wait))}).scalar()
         connection.commit()
         if got != 1:
             raise _busy(target, time.monotonic() - started, self._holder(connection, name))
@@ -384,6 +388,12 @@ class SQLite(Dialect):
 
     def configure_options(self, target: Target) -> dict[str, Any]:
         return {"transactional_ddl": True}
+
+    def file_missing(self, target: Target) -> bool:
+        database = parse_url(target.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return False
+        return not Path(database).exists()
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         for e in _causes(exc):
