@@ -78,8 +78,6 @@ class OrchestrateGroup(click.Group):
             raise
         except Exception as exc:
             debug = bool(ctx.obj and ctx.obj.debug)
-            if debug:
-                traceback.print_exc()
             _print_error(
                 ctx,
                 f"unexpected {type(exc).__name__}: {mask_text(str(exc))}",
@@ -91,7 +89,7 @@ class OrchestrateGroup(click.Group):
 def _print_error(ctx: click.Context, message: str, hint: str | None) -> None:
     err: Console = ctx.obj.err if isinstance(ctx.obj, State) else _console(stderr=True)
     if isinstance(ctx.obj, State) and ctx.obj.debug and sys.exc_info()[0] is not None:
-        traceback.print_exc()
+        sys.stderr.write(mask_text(traceback.format_exc()))  # tracebacks quote URLs too
     err.print(Text(f"error: {mask_text(message)}", style="bold red"))
     if hint:
         err.print(Text(f"hint: {mask_text(hint)}", style="cyan"))
