@@ -1,0 +1,704 @@
+"""Benchmark: orchestrate against plain Alembic on the same 40-revision history, per tenant.
+
+    python bench/run.py [--tenants N] [--memory-tenants 200,2000] [--status-tenants 2000]
+                        [--subprocess-sample 20] [--skip-postgres] [--quick] [--keep]
+
+Generates into a temporary folder an orchestrate project (two multi-tenant databases: ``sq``,
+one SQLite file per tenant; ``pg``, one PostgreSQL schema per tenant in a throwaway
+database created here and dropped at the end) and a plain Alembic project on the same
+revision files, then times, on each backend, from empty tenants every time:
+
+- ``orchestrate upgrade`` serially, and with ``--parallel 2``;
+- plain Alembic as a loop of ``alembic upgrade head`` subprocesses (sampled on a subset
+  of the tenants and extrapolated per tenant: it is by far the slowest);
+- plain Alembic as a loop of ``alembic.command.upgrade`` calls in one process;
+- the raw SQL of the history (rendered once by ``orchestrate upgrade --sql``) executed per
+  tenant: the floor, what the migrations cost with no tool at all;
+
+then ``orchestrate status`` on a fleet of tenants at head, and the peak memory of
+``orchestrate upgrade`` (serial and ``--parallel 2``) for two fleet sizes. Every command is
+timed whole with time.perf_counter, in a subprocess, so interpreter start-up counts for
+every mode alike. After every mode each tenant's version table is checked to be at head,
+and the schema and row counts of the first and last tenants are compared across modes:
+a mode that did not do the whole work is reported INVALID and the run exits 1.
+
+Prints a markdown report (figures, ratios, target checks) and writes it to bench/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import platform
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from history import HEAD, REVISIONS  # noqa: E402
+from project import generate  # noqa: E402
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+# Runs ``orchestrate`` (argv after the wrapper) and, at exit, writes the process's own peak
+# RSS and that of its largest waited-for child (the --parallel workers) to $BENCH_RSS_FILE.
+# RUSAGE_CHILDREN is read inside this fresh process, so earlier runs cannot mask it.
+RSS_WRAPPER = (
+    "import atexit, os, resource, runpy, sys\n"
+    "def _rss():\n"
+    "    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "    with open(os.environ['BENCH_RSS_FILE'], 'w') as f:\n"
+    "        f.write(f'{me} {kids}\\n')\n"
+    "atexit.register(_rss)\n"
+    "sys.argv = ['orchestrate', *sys.argv[1:]]\n"
+    "runpy.run_module('orchestrator.cli', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def tenant_names(n: int) -> list[str]:
+    return [f"t{i:05d}" for i in range(1, n + 1)]
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    mode: str
+    backend: str
+    tenants: int  # tenants actually run
+    seconds: float  # measured
+    fleet: int  # tenants of the fleet the row speaks for (> tenants when sampled)
+    cpu: float = 0.0  # user + system seconds of the command's own processes (not the database server's)
+    valid: bool = True
+
+    @property
+    def ms_per_tenant(self) -> float:
+        return self.seconds * 1000 / self.tenants
+
+    @property
+    def sampled(self) -> bool:
+        return self.tenants < self.fleet
+
+
+@dataclass
+class MemoryRow:
+    mode: str
+    tenants: int
+    seconds: float
+    parent_kb: int
+    workers_kb: int
+    valid: bool = True
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    memory: list[MemoryRow] = field(default_factory=list)
+    status: list[tuple[str, int, float, bool]] = field(default_factory=list)  # backend, tenants, s, valid
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, root: Path, sq_dir: Path) -> None:
+        self.args = args
+        self.root = root
+        self.yaml = root / "orchestrate.yaml"
+        self.ini = root / "alembic" / "alembic.ini"
+        self.sq_dir = sq_dir
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.report = Report()
+        self.pg_admin: str | None = None  # libpq conninfo of the admin database
+        self.pg_conninfo: str | None = None  # ... of the throwaway database
+        self.pg_sqlalchemy_url: str | None = None
+        self.pg_db: str | None = None
+        self.reference: dict[str, dict[str, object]] = {}  # backend -> fingerprint
+        self.sql: dict[str, Path] = {}
+        self._run_no = 0
+        self.cpu = 0.0  # CPU seconds of the commands run since the last reset_cpu()
+        self.max_load = 0.0  # highest 1-minute load average seen as a timed command started
+
+    # ------------------------------------------------------------ setup
+
+    def setup_postgres(self) -> None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.args.pg_url)
+        self.pg_db = f"orch_bench_{os.getpid()}"
+        libpq = url.set(drivername="postgresql")
+        self.pg_admin = libpq.render_as_string(hide_password=False)
+        self.pg_conninfo = libpq.set(database=self.pg_db).render_as_string(hide_password=False)
+        self.pg_sqlalchemy_url = url.set(drivername="postgresql+psycopg", database=self.pg_db).render_as_string(
+            hide_password=False
+        )
+        try:
+            with psycopg.connect(self.pg_admin, autocommit=True, connect_timeout=5) as connection:
+                version = connection.execute("SHOW server_version").fetchone()[0]
+        except psycopg.Error as exc:
+            self.pg_db = None  # nothing to drop
+            raise SystemExit(f"cannot reach PostgreSQL at {url.render_as_string()}: {exc}\n"
+                             "start it, point --pg-url (or ORCH_TEST_PG_URL) at one, or pass --skip-postgres")
+        self.report.notes.append(f"PostgreSQL {version} at {url.host}:{url.port or 5432}, throwaway database {self.pg_db}")
+
+    def drop_postgres(self) -> None:
+        if self.pg_db is None:
+            return
+        import psycopg
+
+        with psycopg.connect(self.pg_admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+
+    def fresh(self, backend: str, tenants: list[str]) -> None:
+        """Empty tenants: no SQLite files; a new database holding empty schemas."""
+        if backend == "sqlite":
+            shutil.rmtree(self.sq_dir, ignore_errors=True)
+            self.sq_dir.mkdir()
+            return
+        import psycopg
+
+        with psycopg.connect(self.pg_admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+            connection.execute(f'CREATE DATABASE "{self.pg_db}"')
+        with psycopg.connect(self.pg_conninfo) as connection:
+            for name in tenants:  # validated names (tNNNNN)
+                connection.execute(f'CREATE SCHEMA "{name}"')
+
+    def set_tenants(self, backend: str, tenants: list[str]) -> None:
+        file = self.root / ("tenants_sq.txt" if backend == "sqlite" else "tenants_pg.txt")
+        file.write_text("".join(f"{t}\n" for t in tenants), encoding="utf-8")
+
+    def db_name(self, backend: str) -> str:
+        return "sq" if backend == "sqlite" else "pg"
+
+    # ------------------------------------------------------------ running commands
+
+    def run(self, label: str, argv: list[str], env: dict[str, str] | None = None) -> float:
+        """Run a command to completion; its wall time in seconds. Fails the bench if it fails."""
+        self._run_no += 1
+        out = self.logs / f"{self._run_no:03d}-{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.log"
+        self.max_load = max(self.max_load, os.getloadavg()[0])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with out.open("wb") as handle:
+            started = time.perf_counter()
+            done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=self.root, env=env)
+            seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU times add up: deltas are exact
+        self.cpu += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if done.returncode != 0:
+            tail = out.read_text(errors="replace")[-3000:]
+            self.report.problems.append(f"{label}: exit code {done.returncode} (log {out})")
+            log(f"FAILED: {label}: exit {done.returncode}\n{tail}")
+        return seconds
+
+    def orchestrate(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "orchestrator.cli", "-c", str(self.yaml), *args]
+
+    def targets_file(self, backend: str, tenants: list[str], name: str, floor: bool = False) -> Path:
+        lines = []
+        for t in tenants:
+            if backend == "sqlite":
+                path = self.sq_dir / f"{t}.db"
+                lines.append(f"{path if floor else 'sqlite:///' + str(path)}\t")
+            else:
+                lines.append(f"{self.pg_conninfo if floor else self.pg_sqlalchemy_url}\t{t}")
+        file = self.root / name
+        file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return file
+
+    # ------------------------------------------------------------ checking the work
+
+    def versions(self, backend: str, tenants: list[str]) -> dict[str, list[str]]:
+        """tenant -> revisions in its version table (missing tenants: [])."""
+        found: dict[str, list[str]] = {t: [] for t in tenants}
+        if backend == "sqlite":
+            for t in tenants:
+                path = self.sq_dir / f"{t}.db"
+                if not path.exists():
+                    continue
+                connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    found[t] = sorted(r[0] for r in connection.execute("SELECT version_num FROM alembic_version"))
+                except sqlite3.Error:
+                    pass
+                finally:
+                    connection.close()
+            return found
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.pg_conninfo) as connection:
+            have = {
+                r[0]
+                for r in connection.execute(
+                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'alembic_version'"
+                )
+            } & set(tenants)
+            names = sorted(have)
+            for start in range(0, len(names), 500):
+                part = names[start:start + 500]
+                union = sql.SQL(" UNION ALL ").join(
+                    sql.SQL("SELECT {} AS t, version_num FROM {}.alembic_version").format(
+                        sql.Literal(n), sql.Identifier(n)
+                    )
+                    for n in part
+                )
+                for tenant, version in connection.execute(union):
+                    found[tenant].append(version)
+        return found
+
+    def fingerprint(self, backend: str, tenant: str) -> dict[str, object]:
+        """Tables, their columns, indexes and row counts: what the history left behind."""
+        if backend == "sqlite":
+            connection = sqlite3.connect(f"file:{self.sq_dir / tenant}.db?mode=ro", uri=True)
+            try:
+                objects = sorted(
+                    connection.execute(
+                        "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+                    ).fetchall()
+                )
+                tables = [name for kind, name, _ in objects if kind == "table"]
+                columns = {  # as sets: a table rebuilt by batch mode may order its columns differently
+                    t: sorted((c[1], c[3]) for c in connection.execute(f'PRAGMA table_info("{t}")')) for t in tables
+                }
+                rows = {t: connection.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+                return {"objects": objects, "columns": columns, "rows": rows}
+            finally:
+                connection.close()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.pg_conninfo) as connection:
+            columns: dict[str, list[tuple[str, str]]] = {}
+            for table, column, nullable in connection.execute(
+                "SELECT table_name, column_name, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = %s ORDER BY table_name, ordinal_position",
+                (tenant,),
+            ):
+                columns.setdefault(table, []).append((column, nullable))
+            columns = {t: sorted(c) for t, c in columns.items()}
+            indexes = sorted(
+                r[0] for r in connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (tenant,))
+            )
+            rows = {
+                t: connection.execute(
+                    sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(tenant), sql.Identifier(t))
+                ).fetchone()[0]
+                for t in columns
+            }
+            return {"columns": columns, "indexes": indexes, "rows": rows}
+
+    def verify(self, label: str, backend: str, tenants: list[str]) -> bool:
+        """Every tenant at head, and the first and last tenants' schema and data as in every other mode."""
+        versions = self.versions(backend, tenants)
+        wrong = [t for t in tenants if versions.get(t) != [HEAD]]
+        ok = True
+        if wrong:
+            ok = False
+            sample = ", ".join(f"{t}={versions.get(t) or 'base'}" for t in wrong[:5])
+            self.report.problems.append(
+                f"{label}: {len(wrong)} of {len(tenants)} tenants not at head {HEAD} ({sample})"
+            )
+        for t in {tenants[0], tenants[-1]}:
+            if t in wrong:
+                continue
+            print_ = self.fingerprint(backend, t)
+            reference = self.reference.setdefault(backend, print_)
+            if print_ != reference:
+                ok = False
+                diff = {k: (reference.get(k), print_.get(k)) for k in print_ if print_.get(k) != reference.get(k)}
+                self.report.problems.append(f"{label}: tenant {t} differs from the first mode's result: {diff}")
+        log(f"  verified {label}: {'OK' if ok else 'INVALID'} ({len(tenants) - len(wrong)}/{len(tenants)} at head)")
+        return ok
+
+    # ------------------------------------------------------------ modes
+
+    def render_sql(self, backend: str) -> None:
+        """The raw SQL of the history, rendered once by orchestrate (offline) for the floor."""
+        self.set_tenants(backend, tenant_names(1))
+        out = self.root / f"history-{backend}.sql"
+        with out.open("w", encoding="utf-8") as handle:
+            done = subprocess.run(
+                self.orchestrate("upgrade", "-n", self.db_name(backend), "--sql"), stdout=handle,
+                stderr=subprocess.PIPE, text=True, cwd=self.root,
+            )
+        if done.returncode != 0:
+            raise SystemExit(f"orchestrate upgrade --sql failed on {backend}:\n{done.stderr}")
+        body = "".join(
+            line for line in out.read_text(encoding="utf-8").splitlines(keepends=True)
+            if not line.startswith("-- orchestrate:") and not line.startswith("SET search_path")
+        )
+        if backend == "sqlite" and not re.search(r"(?m)^BEGIN", body):
+            # The offline SQLite script has no transactions: wrap each revision in one, as
+            # orchestrate does online (transaction_per_migration), else every statement
+            # would commit on its own and the "floor" would be slower than the tools.
+            blocks = re.split(r"(?m)^(?=-- Running upgrade)", body)
+            blocks = [blocks[0] + blocks[1], *blocks[2:]] if len(blocks) > 1 else blocks
+            body = "".join(f"BEGIN;\n{b.strip()}\nCOMMIT;\n\n" for b in blocks)
+            self.report.notes.append(
+                "`orchestrate upgrade --sql` renders the SQLite history without BEGIN/COMMIT (the online "
+                "`transactional_ddl` option is not applied offline); the floor wraps each revision in a "
+                "transaction, as orchestrate does online"
+            )
+        runs = len(re.findall(r"(?m)^-- Running upgrade", body))
+        if runs != len(REVISIONS):
+            raise SystemExit(f"the rendered {backend} SQL has {runs} revisions, not {len(REVISIONS)}")
+        path = self.root / f"floor-{backend}.sql"
+        path.write_text(body, encoding="utf-8")
+        self.sql[backend] = path
+
+    def mode(self, backend: str, mode: str, tenants: list[str], fleet: int) -> Row:
+        label = f"{mode} [{backend}, {len(tenants)} tenants]"
+        log(f"{label}: preparing")
+        self.fresh(backend, tenants)
+        self.set_tenants(backend, tenants)
+        db = self.db_name(backend)
+        self.cpu = 0.0
+        if mode == "orchestrate upgrade":
+            seconds = self.run(label, self.orchestrate("upgrade", "-n", db))
+        elif mode == "orchestrate upgrade --parallel 2":
+            seconds = self.run(label, self.orchestrate("upgrade", "-n", db, "--parallel", "2"))
+        elif mode == "alembic upgrade head (subprocess per tenant)":
+            started = time.perf_counter()
+            for t in tenants:
+                x = ["-x", f"url=sqlite:///{self.sq_dir / t}.db"] if backend == "sqlite" else [
+                    "-x", f"url={self.pg_sqlalchemy_url}", "-x", f"schema={t}"]
+                self.run(f"{label} {t}", [sys.executable, "-m", "alembic", "-c", str(self.ini), *x, "upgrade", "head"])
+            seconds = time.perf_counter() - started
+        elif mode == "alembic.command.upgrade (loop, one process)":
+            file = self.targets_file(backend, tenants, "loop-targets.txt")
+            seconds = self.run(label, [sys.executable, str(BENCH / "baselines.py"), "loop", str(self.ini), str(file)])
+        elif mode == "raw SQL per tenant (floor)":
+            file = self.targets_file(backend, tenants, "floor-targets.txt", floor=True)
+            seconds = self.run(
+                label, [sys.executable, str(BENCH / "baselines.py"), "floor", backend, str(self.sql[backend]), str(file)]
+            )
+        else:
+            raise ValueError(mode)
+        valid = self.verify(label, backend, tenants)
+        row = Row(mode, backend, len(tenants), seconds, fleet, self.cpu, valid)
+        log(f"{label}: {seconds:.2f}s ({self.cpu:.2f}s CPU), {row.ms_per_tenant:.1f} ms/tenant")
+        self.report.rows.append(row)
+        return row
+
+    def backend(self, backend: str) -> None:
+        tenants = tenant_names(self.args.tenants)
+        sample = tenants[: min(self.args.subprocess_sample, len(tenants))]
+        self.render_sql(backend)
+        # Warm the OS cache and the revisions' bytecode before anything is timed.
+        subprocess.run(self.orchestrate("heads", "-n", self.db_name(backend)), capture_output=True, cwd=self.root)
+        subprocess.run([sys.executable, "-m", "alembic", "-c", str(self.ini), "heads"], capture_output=True, cwd=self.root)
+        self.mode(backend, "orchestrate upgrade", tenants, len(tenants))
+        self.mode(backend, "orchestrate upgrade --parallel 2", tenants, len(tenants))
+        self.mode(backend, "alembic upgrade head (subprocess per tenant)", sample, len(tenants))
+        self.mode(backend, "alembic.command.upgrade (loop, one process)", tenants, len(tenants))
+        self.mode(backend, "raw SQL per tenant (floor)", tenants, len(tenants))
+
+    def memory(self) -> None:
+        """Peak RSS of `orchestrate upgrade` on SQLite fleets; the largest fleet is left at head."""
+        sizes = sorted(self.args.memory_sizes)
+        plan = [(n, p) for n in sizes for p in (2, 1)]  # serial last: its fleet stays for `status`
+        for n, parallel in plan:
+            tenants = tenant_names(n)
+            mode = "orchestrate upgrade" + (f" --parallel {parallel}" if parallel > 1 else "")
+            label = f"memory: {mode} [sqlite, {n} tenants]"
+            log(f"{label}: preparing")
+            self.fresh("sqlite", tenants)
+            self.set_tenants("sqlite", tenants)
+            rss_file = self.root / "rss.txt"
+            rss_file.unlink(missing_ok=True)
+            argv = [sys.executable, "-c", RSS_WRAPPER, "-c", str(self.yaml), "upgrade", "-n", "sq"]
+            if parallel > 1:
+                argv += ["--parallel", str(parallel)]
+            seconds = self.run(label, argv, env={**os.environ, "BENCH_RSS_FILE": str(rss_file)})
+            parent, workers = (int(v) for v in rss_file.read_text().split()) if rss_file.exists() else (0, 0)
+            valid = self.verify(label, "sqlite", tenants)
+            self.report.memory.append(MemoryRow(mode, n, seconds, parent, workers, valid))
+            log(f"{label}: {seconds:.1f}s, parent {parent / 1024:.0f} MB, workers {workers / 1024:.0f} MB")
+
+    def status(self, backend: str, n: int, at_head: bool) -> None:
+        """Time `orchestrate status` on ``n`` tenants at head (SQLite: left by memory())."""
+        tenants = tenant_names(n)
+        label = f"orchestrate status [{backend}, {n} tenants at head]"
+        if not at_head:
+            # A fleet at head, the quickest way: the floor's SQL (what orchestrate --sql renders).
+            log(f"{label}: bringing {n} tenants to head with the raw SQL")
+            self.fresh(backend, tenants)
+            halves = [tenants[0::2], tenants[1::2]]
+            procs = []
+            for i, half in enumerate(h for h in halves if h):
+                file = self.targets_file(backend, half, f"setup-targets-{i}.txt", floor=True)
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(BENCH / "baselines.py"), "floor", backend, str(self.sql[backend]), str(file),
+                     "--fast"], cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                ))
+            for proc in procs:
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    self.report.problems.append(f"{label}: set-up failed: {err.decode(errors='replace')[-1000:]}")
+        self.set_tenants(backend, tenants)
+        if self.verify(f"{label} (fleet)", backend, tenants) is False:
+            self.report.status.append((backend, n, float("nan"), False))
+            return
+        seconds = self.run(label, self.orchestrate("status", "-n", self.db_name(backend)))
+        # The same command for machines: every tenant must be reported at head, nothing pending.
+        done = subprocess.run(self.orchestrate("status", "-n", self.db_name(backend), "--json"),
+                              capture_output=True, text=True, cwd=self.root)
+        valid = done.returncode == 0
+        if valid:
+            import json
+
+            listed = json.loads(done.stdout)
+            bad = [r for r in listed if r.get("current") != [HEAD] or r.get("pending") != 0]
+            if bad or len(listed) != n:
+                valid = False
+                self.report.problems.append(
+                    f"{label}: --json listed {len(listed)} targets, {len(bad)} not at head with 0 pending"
+                )
+        else:
+            self.report.problems.append(f"{label}: status --json exited {done.returncode}: {done.stderr[-500:]}")
+        self.report.status.append((backend, n, seconds, valid))
+        log(f"{label}: {seconds:.2f}s")
+
+
+# ---------------------------------------------------------------------- output
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base > 0 else "n/a"
+
+
+def render(report: Report, args: argparse.Namespace, started: datetime, elapsed: float) -> str:
+    out: list[str] = []
+    out.append("# orchestrate benchmark results\n")
+    out.append(
+        f"Run {started:%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min{' (--quick smoke run)' if args.quick else ''}. "
+        f"History: {len(REVISIONS)} linear revisions (tables, columns, indexes, batch alters, data migrations). "
+        "Each mode starts from empty tenants; times are wall-clock around the whole command "
+        "(interpreter start-up included); every tenant was checked to be at head after every mode.\n"
+    )
+    out.append("## Upgrade, per tenant\n")
+    out.append("| mode | backend | tenants | total s | ms/tenant | ratio vs orchestrate serial | CPU ms/tenant |")
+    out.append("|---|---|---:|---:|---:|---:|---:|")
+    for backend in ("sqlite", "postgresql"):
+        rows = [r for r in report.rows if r.backend == backend]
+        if not rows:
+            continue
+        base = next((r.ms_per_tenant for r in rows if r.mode == "orchestrate upgrade"), 0.0)
+        for r in rows:
+            tenants = f"{r.tenants} of {r.fleet} (sampled)" if r.sampled else str(r.tenants)
+            total = f"{r.seconds:.2f} (≈{r.ms_per_tenant * r.fleet / 1000:.1f} for {r.fleet})" if r.sampled else f"{r.seconds:.2f}"
+            mode = r.mode + ("" if r.valid else " **INVALID**")
+            out.append(f"| {mode} | {backend} | {tenants} | {total} | {r.ms_per_tenant:.1f} | "
+                       f"{ratio(r.ms_per_tenant, base)} | {r.cpu * 1000 / r.tenants:.1f} |")
+    if any(r.sampled for r in report.rows):
+        out.append(
+            "\nThe `alembic upgrade head` subprocess loop ran on the first "
+            f"{min(r.tenants for r in report.rows if r.sampled)} tenants only; its ms/tenant is measured on "
+            "those and extrapolated to the fleet (≈ total). Ratios are ms/tenant of the mode divided by "
+            "ms/tenant of serial `orchestrate upgrade` on the same backend (above 1: orchestrate is faster).\n"
+        )
+    out.append(
+        "CPU ms/tenant: user + system time of the command's own processes (workers included, the "
+        "database server excluded), for reference when the machine is busy; ratios use wall time.\n"
+    )
+    if report.status:
+        out.append("## `orchestrate status` on tenants at head\n")
+        out.append("| backend | tenants | total s |")
+        out.append("|---|---:|---:|")
+        for backend, n, seconds, valid in report.status:
+            out.append(f"| {backend} | {n} | {seconds:.2f}{'' if valid else ' **INVALID**'} |")
+        out.append("")
+    if report.memory:
+        out.append("## Peak memory of `orchestrate upgrade` (SQLite)\n")
+        out.append("| mode | tenants | total s | ms/tenant | peak RSS, main process | peak RSS, largest worker |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for m in report.memory:
+            workers = f"{m.workers_kb / 1024:.1f} MB" if m.workers_kb else "-"
+            mode = m.mode + ("" if m.valid else " **INVALID**")
+            out.append(
+                f"| {mode} | {m.tenants} | {m.seconds:.1f} | {m.seconds * 1000 / m.tenants:.1f} | "
+                f"{m.parent_kb / 1024:.1f} MB | {workers} |"
+            )
+        out.append(
+            "\nru_maxrss read at exit inside the orchestrate process itself (RUSAGE_SELF), and for its "
+            "--parallel workers RUSAGE_CHILDREN of that process (the largest worker).\n"
+        )
+    out.append("## Targets\n")
+    for line in checks(report, args):
+        out.append(f"- {line}")
+    out.append("")
+    if report.problems:
+        out.append("## Problems (the figures above are not valid)\n")
+        out.extend(f"- {p}" for p in report.problems)
+        out.append("")
+    out.append("## Environment\n")
+    out.extend(f"- {n}" for n in report.notes)
+    out.append("")
+    return "\n".join(out)
+
+
+def checks(report: Report, args: argparse.Namespace) -> list[str]:
+    lines = []
+
+    def verdict(ok: bool) -> str:
+        return "**PASS**" if ok else "**FAIL**"
+
+    sq = {r.mode: r for r in report.rows if r.backend == "sqlite"}
+    serial = sq.get("orchestrate upgrade")
+    sub = sq.get("alembic upgrade head (subprocess per tenant)")
+    loop = sq.get("alembic.command.upgrade (loop, one process)")
+    if serial and sub:
+        x = sub.ms_per_tenant / serial.ms_per_tenant
+        lines.append(f"{verdict(x >= 15 and serial.valid and sub.valid)} SQLite, serial: at least 15x faster than "
+                     f"the `alembic upgrade head` subprocess loop: {x:.1f}x "
+                     f"({serial.ms_per_tenant:.1f} vs {sub.ms_per_tenant:.1f} ms/tenant)")
+    if serial and loop:
+        x = loop.ms_per_tenant / serial.ms_per_tenant
+        lines.append(f"{verdict(x >= 3 and serial.valid and loop.valid)} SQLite, serial: at least 3x faster than "
+                     f"the `alembic.command.upgrade` loop: {x:.2f}x "
+                     f"({serial.ms_per_tenant:.1f} vs {loop.ms_per_tenant:.1f} ms/tenant)")
+    for backend, n, seconds, valid in report.status:
+        note = "" if n == 2000 else f" (measured on {n} tenants, not 2,000)"
+        lines.append(f"{verdict(valid and seconds < 3.0)} `status` of 2,000 tenants at head in under 3 s, "
+                     f"{backend}: {seconds:.2f} s{note}")
+    if report.memory:
+        sizes = sorted({m.tenants for m in report.memory})
+        small, large = sizes[0], sizes[-1]
+        note = "" if (small, large) == (200, 2000) else f" (measured at N={small} and N={large}, not 200 and 2000)"
+        for mode in dict.fromkeys(m.mode for m in report.memory):
+            a = next((m for m in report.memory if m.mode == mode and m.tenants == small), None)
+            b = next((m for m in report.memory if m.mode == mode and m.tenants == large), None)
+            if not a or not b or a is b:
+                continue
+            parts = [("main process", a.parent_kb, b.parent_kb)]
+            if a.workers_kb and b.workers_kb:
+                parts.append(("largest worker", a.workers_kb, b.workers_kb))
+            for what, x, y in parts:
+                r = y / x if x else float("inf")
+                lines.append(f"{verdict(r <= 1.5 and a.valid and b.valid)} peak memory at N={large} within 1.5x of "
+                             f"N={small}, `{mode}`, {what}: {r:.2f}x ({x / 1024:.1f} -> {y / 1024:.1f} MB){note}")
+    return lines
+
+
+def environment(report: Report) -> None:
+    import alembic
+    import sqlalchemy
+
+    report.notes.append(
+        f"Python {platform.python_version()}, Alembic {alembic.__version__}, SQLAlchemy {sqlalchemy.__version__}, "
+        f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, {platform.platform()}"
+    )
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=BENCH.parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "orchestrator"], capture_output=True, text=True,
+                               cwd=BENCH.parent).stdout.strip()
+        if head:
+            report.notes.append(f"orchestrate at commit {head}" + (" with uncommitted changes in orchestrator/" if dirty else ""))
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tenants", type=int, help="tenants per backend for the upgrade modes (default 100; --quick 10)")
+    parser.add_argument("--memory-tenants", help="fleet sizes for peak memory, e.g. 200,2000 (--quick: 20,200)")
+    parser.add_argument("--status-tenants", type=int, help="tenants at head for `status` (default 2000; --quick 200)")
+    parser.add_argument("--subprocess-sample", type=int, help="tenants run by the alembic subprocess loop (default 20; --quick 5)")
+    parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--skip-memory", action="store_true", help="no peak-memory runs (status then runs on SQLite "
+                        "fleets of --status-tenants made with the raw SQL)")
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run at small sizes")
+    parser.add_argument("--pg-url", default=os.environ.get("ORCH_TEST_PG_URL", DEFAULT_PG_URL),
+                        help="a PostgreSQL server to create the throwaway database on (default $ORCH_TEST_PG_URL or "
+                        f"{DEFAULT_PG_URL})")
+    parser.add_argument("--sqlite-dir", type=Path, help="where to create the SQLite tenants' folder (default: "
+                        "/dev/shm, a tmpfs, when it exists, else the system temp dir)")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="where to write the report")
+    parser.add_argument("--keep", action="store_true", help="keep the generated project folder (its path is printed)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.tenants = args.tenants or (10 if quick else 100)
+    args.memory_sizes = [int(v) for v in (args.memory_tenants or ("20,200" if quick else "200,2000")).split(",") if v]
+    args.status_tenants = args.status_tenants or (200 if quick else 2000)
+    args.subprocess_sample = args.subprocess_sample or (5 if quick else 20)
+    if args.tenants < 1 or args.status_tenants < 1 or any(n < 1 for n in args.memory_sizes):
+        parser.error("tenant counts must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
+    sqlite_base = args.sqlite_dir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
+    sq_dir = Path(tempfile.mkdtemp(prefix="orchestrate-bench-sqlite-", dir=sqlite_base))
+    log(f"project in {root}, SQLite tenants in {sq_dir}")
+    bench = Bench(args, root, sq_dir)
+    try:
+        if not args.skip_postgres:
+            bench.setup_postgres()
+        generate(root, sq_dir, None if args.skip_postgres else bench.pg_sqlalchemy_url)
+        environment(bench.report)
+        fs = subprocess.run(["df", "--output=fstype", str(sq_dir)], capture_output=True, text=True).stdout.split()
+        bench.report.notes.append(
+            f"SQLite tenant files in {sq_dir} ({fs[-1] if fs else 'unknown filesystem'})"
+            + ("; on tmpfs commits cost no fsync, so the figures show the tools' own cost (run with "
+               "--sqlite-dir on a disk to include it: the same for every mode, and on a VM noisy)"
+               if fs and fs[-1] == "tmpfs" else "")
+        )
+        bench.backend("sqlite")
+        if not args.skip_postgres:
+            bench.backend("postgresql")
+        sq_fleet_at_head = False
+        if not args.skip_memory and args.memory_sizes:
+            bench.memory()
+            sq_fleet_at_head = max(args.memory_sizes) == args.status_tenants
+        bench.status("sqlite", args.status_tenants, at_head=sq_fleet_at_head)
+        if not args.skip_postgres:
+            bench.status("postgresql", args.status_tenants, at_head=False)
+    finally:
+        bench.drop_postgres()
+        if args.keep:
+            log(f"kept {root} and {sq_dir}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(sq_dir, ignore_errors=True)
+    if bench.max_load > (os.cpu_count() or 1) * 0.75:
+        bench.report.notes.append(
+            f"the machine was busy: 1-minute load average up to {bench.max_load:.1f} on {os.cpu_count()} CPUs when "
+            "timed commands started (other processes compete for the CPUs: wall times are noisy)"
+        )
+    text = render(bench.report, args, started, time.perf_counter() - t0)
+    print(text)
+    args.output.write_text(text, encoding="utf-8")
+    log(f"wrote {args.output}")
+    return 1 if bench.report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
