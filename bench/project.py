@@ -22,6 +22,7 @@ sys_path: ["."]
 defaults:
   lock_timeout: 10s
   transaction_per_migration: true
+  replay: ${{BENCH_REPLAY:-false}}    # the "(replay)" modes set BENCH_REPLAY=true
 databases:
   sq:
     url: sqlite:///{sqlite_dir}/{{tenant}}.db

@@ -149,17 +149,17 @@ def _upgrade(
 ) -> Outcome:
     project = load_project(config_path)
     plan = select(project, names, all_=all_, tenants=tenants)
-    runner = Runner(project)
+    with Runner(project) as runner:
 
-    def operation(target: Target) -> TargetResult:
-        if cancel is not None and cancel.is_set():
-            return TargetResult.for_target(
-                target, Status.NOT_RUN, error=f"{target.name}: not run: the caller was cancelled"
-            )
-        return runner.upgrade(target, revision)
+        def operation(target: Target) -> TargetResult:
+            if cancel is not None and cancel.is_set():
+                return TargetResult.for_target(
+                    target, Status.NOT_RUN, error=f"{target.name}: not run: the caller was cancelled"
+                )
+            return runner.upgrade(target, revision)
 
-    with _ALEMBIC:
-        outcome = run_serial(plan, operation)
+        with _ALEMBIC:
+            outcome = run_serial(plan, operation)
     if cancel is not None and cancel.is_set():
         outcome.interrupted = True
     if check and not outcome.ok:
@@ -170,8 +170,7 @@ def _upgrade(
 def _current(config_path: str | Path | None, names: tuple[str, ...]) -> list[TargetResult]:
     project = load_project(config_path)
     plan = select(project, names, all_if_none=True)
-    runner = Runner(project)
-    with _ALEMBIC:
+    with Runner(project) as runner, _ALEMBIC:
         return [runner.current(target) for target in plan.targets]
 
 

@@ -67,7 +67,11 @@ class OrchestrateGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                if isinstance(ctx.obj, State) and ctx.obj._runner is not None:
+                    ctx.obj._runner.close()
         except OrchestrateError as exc:
             _print_error(ctx, exc.message, exc.hint)
             ctx.exit(exc.exit_code)

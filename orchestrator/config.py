@@ -67,6 +67,7 @@ class DatabaseSettings(_Strict):
     lock_retries: int | None = Field(default=None, ge=0, le=100)
     statement_timeout: float | None = None
     transaction_per_migration: bool | None = None
+    replay: bool | None = None
 
     @field_validator("lock_timeout", "lock_wait", "statement_timeout", mode="before")
     @classmethod
@@ -189,6 +190,7 @@ class DatabaseConfig:
     transaction_per_migration: bool
     line: int
     tenants: TenantsConfig | None = None
+    replay: bool = False
 
     @property
     def display_url(self) -> str:
@@ -580,6 +582,7 @@ def load_project(path: str | Path | None = None, environ: dict[str, str] | None 
             transaction_per_migration=_first(db.transaction_per_migration, raw.defaults.transaction_per_migration, True),
             line=loader.lines.of(here) or 0,
             tenants=_resolve_tenants(loader, here + ("tenants",), db.tenants, url, root) if db.tenants else None,
+            replay=_first(db.replay, raw.defaults.replay, False),
         )
 
     _check_cycles(loader, databases)

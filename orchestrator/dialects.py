@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -108,12 +109,18 @@ class Dialect:
     name: ClassVar[str] = "default"
     #: Does DDL take part in transactions here (so a failed revision rolls back whole)?
     transactional_ddl: ClassVar[bool] = True
+    #: May one engine serve several databases of this server (a connection routed to each)?
+    #: Not where the dialect remembers the first connection's database (MySQL's default schema).
+    engine_serves_many_databases: ClassVar[bool] = True
 
     def engine_url(self, target: Target) -> URL:
         return parse_url(target.url)
 
     def install(self, engine: Engine, target: Target) -> None:
         """Hook into a new (sync) engine before its first connection."""
+
+    def before_connect(self, target: Target) -> None:
+        """Anything the target needs before a connection to it is opened."""
 
     def prepare(self, connection: Connection, target: Target) -> None:
         """Set up a fresh connection: timeouts, schema. The caller commits afterwards."""
@@ -138,6 +145,20 @@ class Dialect:
 
     def file_missing(self, target: Target) -> bool:
         """Is the target a database file that does not exist yet? (Reading it must not create it.)"""
+        return False
+
+    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
+        """Target name -> revisions, read in bulk without the ceremony of a migration
+        connection; None where this server has no such fast path."""
+        return None
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        """A digest of the connection's current schema (tables, columns, indexes,
+        constraints), without its own name; None where replay is not supported."""
+        return None
+
+    def is_catalog_query(self, statement: str) -> bool:
+        """Does ``statement`` only read the catalog (reflection)?"""
         return False
 
     def partial_failure_note(self) -> str | None:
@@ -167,6 +188,38 @@ class Dialect:
 class PostgreSQL(Dialect):
     name = "postgresql"
     lock_needs_connection = True
+
+    _FINGERPRINT = text(
+        "SELECT 'c' AS k, c.relname AS a, c.relkind::text AS b, a.attname::text AS c, "
+        "format_type(a.atttypid, a.atttypmod) AS d, a.attnotnull::text AS e, "
+        "pg_get_expr(ad.adbin, ad.adrelid) AS f "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum "
+        "WHERE n.nspname = current_schema() "
+        "UNION ALL "
+        "SELECT 'k', t.relname, co.conname, co.contype::text, pg_get_constraintdef(co.oid), '', '' "
+        "FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = co.connamespace "
+        "WHERE n.nspname = current_schema() "
+        "UNION ALL "
+        "SELECT 'i', t.relname, i.relname, '', pg_get_indexdef(x.indexrelid), '', '' "
+        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = current_schema() "
+        "ORDER BY 1, 2, 3, 4"
+    )
+    _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\.|\bpg_(class|namespace|attribute|index|constraint|type|"
+                          r"attrdef|description|inherits|depend|sequence|proc|collation|get_\w+|table_is_visible)\b", re.I)
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        schema = connection.execute(text("SELECT current_schema()")).scalar() or ""
+        rows = connection.execute(self._FINGERPRINT).all()
+        # Definitions qualified with the tenant's own schema would differ between tenants.
+        for prefix in (f'"{schema}".', f"{schema}."):
+            rows = [tuple(str(v).replace(prefix, "") if v is not None else None for v in row) for row in rows]
+        return _digest(rows)
+
+    def is_catalog_query(self, statement: str) -> bool:
+        return statement.lstrip().upper().startswith(("SELECT", "WITH")) and bool(self._CATALOG.search(statement))
 
     def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
         schema = target.schema or ""
@@ -270,6 +323,24 @@ class PostgreSQL(Dialect):
 class MySQL(Dialect):
     name = "mysql"
     transactional_ddl = False
+    engine_serves_many_databases = False
+
+    _FINGERPRINT = text(
+        "SELECT 'c', table_name, column_name, column_type, is_nullable, column_default, extra "
+        "FROM information_schema.columns WHERE table_schema = DATABASE() "
+        "UNION ALL SELECT 'i', table_name, index_name, column_name, CAST(seq_in_index AS CHAR), "
+        "CAST(non_unique AS CHAR), '' FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        "UNION ALL SELECT 'k', table_name, constraint_name, constraint_type, '', '', '' "
+        "FROM information_schema.table_constraints WHERE table_schema = DATABASE() "
+        "ORDER BY 1, 2, 3, 4"
+    )
+    _CATALOG = re.compile(r"^\s*(SHOW\b|DESCRIBE\b|SELECT\b.*\binformation_schema\.)", re.I | re.S)
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        return _digest(connection.execute(self._FINGERPRINT).all())
+
+    def is_catalog_query(self, statement: str) -> bool:
+        return bool(self._CATALOG.match(statement))
 
     def ensure_database(self, target: Target) -> None:
         from sqlalchemy import create_engine
@@ -363,11 +434,12 @@ class SQLite(Dialect):
 
     name = "sqlite"
 
-    def install(self, engine: Engine, target: Target) -> None:
-        database = engine.url.database
+    def before_connect(self, target: Target) -> None:
+        database = parse_url(target.url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
+    def install(self, engine: Engine, target: Target) -> None:
         # The driver's own transaction handling issues no BEGIN before DDL, so a failed
         # revision would leave half its tables behind. Take over: no implicit
         # transactions from the driver, an explicit BEGIN from SQLAlchemy.
@@ -388,6 +460,41 @@ class SQLite(Dialect):
 
     def configure_options(self, target: Target) -> dict[str, Any]:
         return {"transactional_ddl": True}
+
+    _CATALOG = re.compile(r"^\s*(PRAGMA\b|SELECT\b.*\bsqlite_(?:master|schema|temp_master|temp_schema)\b)", re.I | re.S)
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        rows = connection.exec_driver_sql(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).all()
+        return _digest(rows)
+
+    def is_catalog_query(self, statement: str) -> bool:
+        return bool(self._CATALOG.match(statement))
+
+    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
+        """Read-only, straight through sqlite3: a missing file stays missing (None)."""
+        import sqlite3
+
+        found: dict[str, list[str] | None] = {}
+        query = f"SELECT version_num FROM {_sqlite_quote(version_table)}"  # a validated table name, quoted
+        for target in targets:
+            database = parse_url(target.url).database or ""
+            if not database or database == ":memory:" or database.startswith("file:"):
+                return None
+            if not Path(database).exists():
+                found[target.name] = None
+                continue
+            connection = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                found[target.name] = sorted(row[0] for row in connection.execute(query))
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                found[target.name] = []
+            finally:
+                connection.close()
+        return found
 
     def file_missing(self, target: Target) -> bool:
         database = parse_url(target.url).database
@@ -496,6 +603,14 @@ def _lender(watcher: Connection | None, target: Target) -> Any:
         return connection, give_back
 
     return lend
+
+
+def _digest(rows: Any) -> str:
+    return hashlib.sha256(repr([tuple(row) for row in rows]).encode()).hexdigest()
+
+
+def _sqlite_quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 _DIALECTS: dict[str, type[Dialect]] = {

@@ -49,7 +49,9 @@ def target_line(result: TargetResult) -> Text:
         line.append(f"{revisions(result.before)} -> {revisions(result.after)}")
         if result.applied:
             count = len(result.applied)
-            line.append(f" ({count} revision{'s' if count != 1 else ''})", style="dim")
+            replayed = result.data.get("replayed")
+            extra = f", {replayed} replayed" if replayed else ""
+            line.append(f" ({count} revision{'s' if count != 1 else ''}{extra})", style="dim")
     elif result.status is Status.NOOP:
         line.append(revisions(result.after), style="dim")
     elif result.status is Status.FAILED and result.failed_revision:

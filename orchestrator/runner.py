@@ -10,6 +10,7 @@ here, and every engine is disposed, whatever happens.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import bindparam, create_engine, inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import bindparam, create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -31,6 +32,7 @@ from orchestrator.config import DatabaseConfig, Project
 from orchestrator.dialects import Dialect, dialect_for, is_async_url
 from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY
 from orchestrator.errors import OrchestrateError, TargetError
+from orchestrator.replay import Replayer
 from orchestrator.results import Status, TargetResult
 from orchestrator.targets import Target, make_target
 from orchestrator.urls import mask_text, parse_url
@@ -78,6 +80,9 @@ class Runner:
     def __init__(self, project: Project) -> None:
         self.project = project
         self._scripts: dict[str, ScriptDirectory] = {}
+        self.replayer = Replayer()
+        self._engines: dict[str, Engine] = {}
+        self._route = threading.local()  # the URL the engine's next connection goes to
 
     # ------------------------------------------------------------------ Alembic plumbing
 
@@ -150,11 +155,8 @@ class Runner:
                 raise _connect_error(target, exc) from exc
         if is_async_url(url):
             return _run_coroutine(self._with_async_connection(target, dialect, work, lock), target)
-        try:
-            engine = create_engine(url, poolclass=NullPool)
-        except (SQLAlchemyError, ImportError) as exc:
-            raise _connect_error(target, exc) from exc
-        dialect.install(engine, target)
+        engine = self._engine(target, dialect)
+        dialect.before_connect(target)
 
         def connect() -> Connection:
             try:
@@ -162,6 +164,7 @@ class Runner:
             except SQLAlchemyError as exc:
                 raise _connect_error(target, exc) from exc
 
+        self._route.url = url
         try:
             lock_connection = connect() if lock and dialect.lock_needs_connection else None
             try:
@@ -177,7 +180,50 @@ class Runner:
                 if lock_connection is not None:
                     lock_connection.close()
         finally:
+            self._route.url = None
+            if not dialect.engine_serves_many_databases and target.database.tenants is not None:
+                self._engines.pop(target.url, engine).dispose()  # one engine per tenant: don't keep thousands
+
+    def _engine(self, target: Target, dialect: Dialect) -> Engine:
+        """One engine per database per process, shared by its targets.
+
+        It pools nothing (NullPool: every connection is closed when released), and a
+        ``do_connect`` hook points each new connection at the target being run, so the
+        engine's dialect, event hooks and compiled-statement cache (Alembic's version-table
+        updates, reflection queries) are set up once, not once per tenant.
+        """
+        key = target.database.name if dialect.engine_serves_many_databases else target.url
+        engine = self._engines.get(key)
+        if engine is None:
+            try:
+                engine = create_engine(dialect.engine_url(target), poolclass=NullPool)
+            except (SQLAlchemyError, ImportError) as exc:
+                raise _connect_error(target, exc) from exc
+            dialect.install(engine, target)
+            route = self._route
+
+            @event.listens_for(engine, "do_connect")
+            def _to_current_target(sa_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+                if getattr(route, "url", None) is not None:
+                    new_args, new_params = sa_dialect.create_connect_args(route.url)
+                    cargs[:] = new_args
+                    cparams.clear()
+                    cparams.update(new_params)
+
+            self._engines[key] = engine
+        return engine
+
+    def close(self) -> None:
+        """Dispose of every engine (they hold no connection between targets anyway)."""
+        for engine in self._engines.values():
             engine.dispose()
+        self._engines.clear()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     async def _with_async_connection(
         self, target: Target, dialect: Dialect, work: Callable[[Connection], T], lock: bool
@@ -189,6 +235,7 @@ class Runner:
         except (SQLAlchemyError, ImportError) as exc:
             raise _connect_error(target, exc) from exc
         dialect.install(engine.sync_engine, target)
+        dialect.before_connect(target)
 
         async def connect() -> AsyncConnection:
             connection = engine.connect()
@@ -267,10 +314,15 @@ class Runner:
         tracker = _Tracker()
         after: list[str] = []
 
+        replayed: list[Any] = []
+
         def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-            if upgrade:
-                return tracker.steps(script._upgrade_revs(revision, heads), heads)
-            return tracker.steps(script._downgrade_revs(revision, heads), heads)
+            steps = script._upgrade_revs(revision, heads) if upgrade else script._downgrade_revs(revision, heads)
+            tracker.steps(steps, heads)
+            if context is not None and target.database.replay and steps:
+                steps, state = self.replayer.wrap(steps, context.connection, target, dialect_for(target))
+                replayed[:] = [state]
+            return steps
 
         def work(connection: Connection) -> None:
             tracker.before = current_heads(connection, target)
@@ -307,6 +359,8 @@ class Runner:
             result = TargetResult.for_target(target, done if tracker.applied else Status.NOOP)
         result.before, result.after = tracker.before, after
         result.applied = [rev for rev, _ in tracker.planned[: len(tracker.applied)]]
+        if replayed:
+            result.data["replayed"] = replayed[0].replayed
         return result
 
     def stamp(self, target: Target, revision: str, purge: bool = False) -> TargetResult:
@@ -390,21 +444,31 @@ class Runner:
         tenants = database.tenants
         if not targets:
             return []
-        if tenants is None or tenants.mode != "schema" or len(targets) == 1:
+        if tenants is None or len(targets) == 1:
             return [self.current(t) for t in targets]
         started = time.perf_counter()
         script = self.script(database)
+        missing_ok = False
         try:
-            versions = self.with_connection(
-                make_target(database), lambda connection: _bulk_versions(connection, database, targets)
-            )
+            if tenants.mode == "schema":
+                by_tenant = self.with_connection(
+                    make_target(database), lambda connection: _bulk_versions(connection, database, targets)
+                )
+                versions = {t.name: by_tenant.get(t.tenant or "") for t in targets}
+            else:
+                found = dialect_for(targets[0]).read_version_tables(targets, database.version_table)
+                if found is None:  # no fast path on this server: one connection per tenant database
+                    return [self.current(t) for t in targets]
+                versions, missing_ok = found, True  # a missing file is a tenant not migrated yet
         except Exception as exc:
             return [failure(t, exc) for t in targets]
         heads = sorted(script.get_heads())
         pending_of: dict[tuple[str, ...], int | None] = {}
         results = []
         for target in targets:
-            current = versions.get(target.tenant or "")
+            current = versions.get(target.name)
+            if current is None and missing_ok:
+                current = []
             if current is None:
                 results.append(TargetResult.for_target(
                     target, Status.FAILED,
