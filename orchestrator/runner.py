@@ -373,7 +373,21 @@ class Runner:
                 return script._stamp_revs((revision,), heads)
 
             def work(connection: Connection) -> list[str]:
-                self._run_env(target, plan, connection, destination_rev=(revision,), purge=purge)
+                dialect = dialect_for(target)
+                watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
+                try:
+                    with watch:  # waits for locks like a migration does (SQLite: busy_timeout)
+                        self._run_env(target, plan, connection, destination_rev=(revision,), purge=purge)
+                except Exception as exc:
+                    if not dialect.is_lock_timeout(exc):
+                        raise
+                    blocker = watch.describe()
+                    raise TargetError(
+                        f"{target.name}: stamp waited longer than lock_timeout for a lock: {_error_text(exc)}"
+                        + (f"\nblocked by: {blocker}" if blocker else ""),
+                        hint="end or commit the blocking session, then rerun",
+                        lock_timeout=True,
+                    ) from exc
                 return current_heads(connection, target)
 
             after = self.with_connection(target, work, lock=True)

@@ -782,3 +782,28 @@ def orchestrator_api():
     import orchestrator.api
 
     return orchestrator.api
+
+
+def test_stamp_waits_for_a_busy_sqlite_database_instead_of_failing(make_project, tmp_path) -> None:
+    """A writer holding SQLite's write lock for a moment delays `stamp`; it does not fail it."""
+    import sqlite3 as _sqlite3
+    import threading as _threading
+
+    from conftest import shop_config
+
+    project = make_project(shop_config())
+    assert project.cli("upgrade", "-n", "users").exit_code == 0
+    database = project.root / "var" / "users.db"
+    writer = _sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    release = _threading.Timer(1.0, lambda: writer.execute("COMMIT"))
+    release.start()
+    try:
+        result = project.cli("stamp", "-n", "users", "3f9a1c2b7d40")
+    finally:
+        release.join()
+        writer.close()
+    assert result.exit_code == 0, result.output
+    check = _sqlite3.connect(database)
+    assert check.execute("SELECT version_num FROM alembic_version_users").fetchall() == [("3f9a1c2b7d40",)]
+    check.close()
