@@ -107,8 +107,6 @@ class Dialect:
     """Behaviour shared by every server; subclasses override what differs."""
 
     name: ClassVar[str] = "default"
-    #: Does DDL take part in transactions here (so a failed revision rolls back whole)?
-    transactional_ddl: ClassVar[bool] = True
     #: May one engine serve several databases of this server (a connection routed to each)?
     #: Not where the dialect remembers the first connection's database (MySQL's default schema).
     engine_serves_many_databases: ClassVar[bool] = True
@@ -322,7 +320,6 @@ class PostgreSQL(Dialect):
 
 class MySQL(Dialect):
     name = "mysql"
-    transactional_ddl = False
     engine_serves_many_databases = False
 
     _FINGERPRINT = text(

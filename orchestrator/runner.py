@@ -47,14 +47,21 @@ RETRY_PAUSE_SECONDS = 2.0
 
 @dataclass
 class _Tracker:
-    """Follows a migration as it runs, so a failure can name the revision it stopped in."""
+    """Follows a migration as it runs, so a failure can name the revision it stopped in
+    and the result can say where the version table was before and after."""
 
     before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
     planned: list[tuple[str, str]] = field(default_factory=list)  # (revision, message)
     applied: list[str] = field(default_factory=list)
+    replay: Any = None  # the Replayer's state for this target (replay: true)
+    _steps: tuple[tuple[str, ...], list[Any]] | None = None
 
-    def steps(self, steps: list[Any], before: tuple[str, ...]) -> list[Any]:
-        self.before = list(before)
+    def steps(self, script: ScriptDirectory, revision: str, heads: tuple[str, ...], upgrade: bool) -> list[Any]:
+        """The steps from ``heads`` to ``revision``, computed once per starting point."""
+        if self._steps is None or self._steps[0] != heads:
+            self._steps = (heads, _path(script, revision, heads, upgrade))
+        steps = self._steps[1]
         self.planned = [(step.revision.revision, step.revision.doc or "") for step in steps]
         return steps
 
@@ -312,16 +319,11 @@ class Runner:
     def _migrate(self, target: Target, revision: str, upgrade: bool) -> TargetResult:
         script = self.script(target.database)
         tracker = _Tracker()
-        after: list[str] = []
-
-        replayed: list[Any] = []
 
         def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-            steps = script._upgrade_revs(revision, heads) if upgrade else script._downgrade_revs(revision, heads)
-            tracker.steps(steps, heads)
-            if context is not None and target.database.replay and steps:
-                steps, state = self.replayer.wrap(steps, context.connection, target, dialect_for(target))
-                replayed[:] = [state]
+            steps = tracker.steps(script, revision, heads, upgrade)
+            if target.database.replay and steps:
+                steps, tracker.replay = self.replayer.wrap(steps, context.connection, target, dialect_for(target))
             return steps
 
         def work(connection: Connection) -> None:
@@ -329,26 +331,14 @@ class Runner:
             if upgrade and not tracker.before:
                 _refuse_unversioned(connection, target)
             connection.rollback()  # Alembic must start outside a transaction to manage its own
-            try:  # plan now too, so that a lock wait before Alembic plans still names the revision
-                plan(tuple(tracker.before), None)  # type: ignore[arg-type]
+            try:  # plan now, so that a lock wait before Alembic plans still names the revision
+                tracker.steps(script, revision, tuple(tracker.before), upgrade)
             except CommandError:
                 pass  # Alembic raises it again, in its place
-            dialect = dialect_for(target)
-            watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
-            try:
-                with watch:
-                    self._run_env(
-                        target, plan, connection, {"on_version_apply": tracker.on_version_apply},
-                        destination_rev=revision,
-                    )
-            except Exception as exc:
-                connection.rollback()
-                after[:] = current_heads(connection, target)
-                blocked = dialect.is_lock_timeout(exc)
-                raise _migration_error(
-                    target, exc, tracker, after, blocked_by=watch.describe() if blocked else None, lock_timeout=blocked
-                ) from exc
-            after[:] = current_heads(connection, target)
+            self._run_watched(
+                target, connection, tracker, plan, {"on_version_apply": tracker.on_version_apply},
+                destination_rev=revision,
+            )
 
         try:
             self.with_connection(target, work, lock=True)
@@ -357,42 +347,54 @@ class Runner:
         else:
             done = Status.UPGRADED if upgrade else Status.DOWNGRADED
             result = TargetResult.for_target(target, done if tracker.applied else Status.NOOP)
-        result.before, result.after = tracker.before, after
+        result.before, result.after = tracker.before, tracker.after
         result.applied = [rev for rev, _ in tracker.planned[: len(tracker.applied)]]
-        if replayed:
-            result.data["replayed"] = replayed[0].replayed
+        if tracker.replay is not None:
+            result.data["replayed"] = tracker.replay.replayed
         return result
+
+    def _run_watched(
+        self,
+        target: Target,
+        connection: Connection,
+        tracker: _Tracker,
+        fn: Callable[[Any, MigrationContext], list[Any]],
+        options: dict[str, Any] | None = None,
+        **environment: Any,
+    ) -> None:
+        """Run env.py for a changing operation, watched for sessions that block it; leaves
+        the version table's revisions in ``tracker.after``, and on failure raises the error
+        that names the revision, the blocker of a lock timeout, and what was rolled back."""
+        dialect = dialect_for(target)
+        watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
+        try:
+            with watch:
+                self._run_env(target, fn, connection, options, **environment)
+        except Exception as exc:
+            connection.rollback()
+            tracker.after = current_heads(connection, target)
+            blocked = dialect.is_lock_timeout(exc)
+            raise _migration_error(
+                target, exc, tracker, blocked_by=watch.describe() if blocked else None, lock_timeout=blocked
+            ) from exc
+        tracker.after = current_heads(connection, target)
 
     def stamp(self, target: Target, revision: str, purge: bool = False) -> TargetResult:
         def run() -> TargetResult:
             script = self.script(target.database)
-            before: list[str] = []
+            tracker = _Tracker()
 
             def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-                before.extend(heads)
+                tracker.before = sorted(heads)
                 return script._stamp_revs((revision,), heads)
 
-            def work(connection: Connection) -> list[str]:
-                dialect = dialect_for(target)
-                watch = dialect.watch_blockers(connection.info.get(LOCK_CONNECTION_KEY), connection, target)
-                try:
-                    with watch:  # waits for locks like a migration does (SQLite: busy_timeout)
-                        self._run_env(target, plan, connection, destination_rev=(revision,), purge=purge)
-                except Exception as exc:
-                    if not dialect.is_lock_timeout(exc):
-                        raise
-                    blocker = watch.describe()
-                    raise TargetError(
-                        f"{target.name}: stamp waited longer than lock_timeout for a lock: {_error_text(exc)}"
-                        + (f"\nblocked by: {blocker}" if blocker else ""),
-                        hint="end or commit the blocking session, then rerun",
-                        lock_timeout=True,
-                    ) from exc
-                return current_heads(connection, target)
+            def work(connection: Connection) -> None:
+                # Watched like a migration: it waits for locks (SQLite: busy_timeout) and names blockers.
+                self._run_watched(target, connection, tracker, plan, destination_rev=(revision,), purge=purge)
 
-            after = self.with_connection(target, work, lock=True)
-            status = Status.NOOP if sorted(before) == after else Status.STAMPED
-            return TargetResult.for_target(target, status, before=sorted(before), after=after)
+            self.with_connection(target, work, lock=True)
+            status = Status.NOOP if tracker.before == tracker.after else Status.STAMPED
+            return TargetResult.for_target(target, status, before=tracker.before, after=tracker.after)
 
         return self.attempt(target, run)
 
@@ -402,19 +404,15 @@ class Runner:
         def run() -> TargetResult:
             script = self.script(target.database)
             if dialect_for(target).file_missing(target):  # not migrated yet; don't create it by looking
-                pending = len(script._upgrade_revs("heads", ()))
-                return TargetResult.for_target(
-                    target, Status.OK, data={"head": sorted(script.get_heads()), "pending": pending, "missing": True}
-                )
+                return TargetResult.for_target(target, Status.OK, data={**_position(script, []), "missing": True})
 
             def read(connection: Connection) -> tuple[list[str], list[str]]:
                 heads = current_heads(connection, target)
                 return heads, ([] if heads else _unversioned_tables(connection, target))
 
             current, unversioned = self.with_connection(target, read)
-            heads = sorted(script.get_heads())
             try:
-                pending = len(script._upgrade_revs("heads", tuple(current)))
+                position = _position(script, current)
             except CommandError as exc:
                 raise TargetError(
                     f"{target.name}: the database is at {', '.join(current)}, which {target.database.version_path} "
@@ -422,7 +420,8 @@ class Runner:
                     hint="is this checkout older than the database? pull the missing revision files",
                 ) from exc
             return TargetResult.for_target(
-                target, Status.OK, before=current, after=current, data={"head": heads, "pending": pending, "unversioned_tables": unversioned},
+                target, Status.OK, before=current, after=current,
+                data={**position, "unversioned_tables": unversioned},
             )
 
         return self.attempt(target, run)
@@ -441,9 +440,7 @@ class Runner:
         if operation in ("upgrade", "downgrade") and revision:
             script = self.script(target.database)
             try:
-                steps = (script._upgrade_revs if operation == "upgrade" else script._downgrade_revs)(
-                    revision, tuple(after)
-                )
+                steps = _path(script, revision, tuple(after), operation == "upgrade")
                 running = steps[0].revision.revision if steps else None
             except CommandError:
                 running = None
@@ -476,8 +473,7 @@ class Runner:
                 versions, missing_ok = found, True  # a missing file is a tenant not migrated yet
         except Exception as exc:
             return [failure(t, exc) for t in targets]
-        heads = sorted(script.get_heads())
-        pending_of: dict[tuple[str, ...], int | None] = {}
+        position_of: dict[tuple[str, ...], dict[str, Any]] = {}  # fleets sit at a few revisions: compute each once
         results = []
         for target in targets:
             current = versions.get(target.name)
@@ -491,14 +487,14 @@ class Runner:
                 ))
                 continue
             key = tuple(current)
-            if key not in pending_of:
+            if key not in position_of:
                 try:
-                    pending_of[key] = len(script._upgrade_revs("heads", key))
-                except CommandError:
-                    pending_of[key] = None
+                    position_of[key] = _position(script, current)
+                except CommandError:  # a revision this checkout does not have
+                    position_of[key] = {"head": sorted(script.get_heads()), "pending": None}
             results.append(TargetResult.for_target(
                 target, Status.OK, before=current, after=current,
-                data={"head": heads, "pending": pending_of[key], "unversioned_tables": []},
+                data={**position_of[key], "unversioned_tables": []},
             ))
         elapsed = (time.perf_counter() - started) / len(targets)
         for result in results:
@@ -518,9 +514,7 @@ class Runner:
                 )
 
             def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-                if upgrade:
-                    return script._upgrade_revs(end, heads)
-                return script._downgrade_revs(end, heads)
+                return _path(script, end, heads, upgrade)
 
             self._run_env(target, plan, None, output=output, starting_rev=start or None, destination_rev=end)
             return TargetResult.for_target(target, Status.OK)
@@ -546,14 +540,14 @@ class Runner:
             self.with_connection(
                 target, lambda connection: self._run_env(target, compare, connection, dont_mutate=True)
             )
-            pending = len(script._upgrade_revs("heads", tuple(current)))
+            position = _position(script, current)
             return TargetResult.for_target(
                 target,
-                Status.DIFFERENT if found or pending else Status.OK,
+                Status.DIFFERENT if found or position["pending"] else Status.OK,
                 before=current,
                 after=current,
                 details=[describe_diff(d) for d in found],
-                data={"head": sorted(script.get_heads()), "pending": pending},
+                data=position,
             )
 
         return self.attempt(target, run)
@@ -718,7 +712,6 @@ def _migration_error(
     target: Target,
     exc: Exception,
     tracker: _Tracker,
-    heads: list[str],
     blocked_by: str | None = None,
     lock_timeout: bool = False,
 ) -> TargetError:
@@ -726,34 +719,39 @@ def _migration_error(
         return exc
     failing = tracker.failing()
     detail = _error_text(exc)
-    at = ", ".join(heads) or "base (no revision)"
-    if failing is None and lock_timeout:
-        message = f"{target.name}: waited longer than lock_timeout ({target.database.lock_timeout:g}s) for a lock: {detail}"
-        message += f"\nblocked by: {blocked_by}" if blocked_by else ""
-        hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
-        return TargetError(mask_text(message), hint=hint, lock_timeout=True)
-    if failing is None:
-        hint = "see `orchestrate history -n {0}` for known revisions".format(target.database.name) if isinstance(
-            exc, CommandError
-        ) else None
-        return TargetError(f"{target.name}: {detail}", hint=hint)
-    revision, doc = failing
+    what = f"revision {failing[0]} ({failing[1]})" if failing else None
     if lock_timeout:
         message = (
-            f"{target.name}: revision {revision} ({doc}) waited longer than lock_timeout "
+            f"{target.name}: {what + ' ' if what else ''}waited longer than lock_timeout "
             f"({target.database.lock_timeout:g}s) for a lock: {detail}"
         )
         message += f"\nblocked by: {blocked_by}" if blocked_by else ""
         hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
-    else:
-        message = f"{target.name}: revision {revision} ({doc}) failed: {detail}"
+    elif what:
+        message = f"{target.name}: {what} failed: {detail}"
         hint = "fix the revision or the data, then rerun"
-    note = dialect_for(target).partial_failure_note()
-    if note:
-        message += f"\n{note} ({at})"
     else:
-        message += f"\nrolled back; the version table is at {at}"
-    return TargetError(mask_text(message), revision=revision, hint=hint, lock_timeout=lock_timeout)
+        hint = f"see `orchestrate history -n {target.database.name}` for known revisions" if isinstance(
+            exc, CommandError
+        ) else None
+        return TargetError(f"{target.name}: {detail}", hint=hint)
+    if what:
+        at = ", ".join(tracker.after) or "base (no revision)"
+        note = dialect_for(target).partial_failure_note()
+        message += f"\n{note} ({at})" if note else f"\nrolled back; the version table is at {at}"
+    return TargetError(
+        mask_text(message), revision=failing[0] if failing else None, hint=hint, lock_timeout=lock_timeout
+    )
+
+
+def _path(script: ScriptDirectory, revision: str, heads: tuple[str, ...], upgrade: bool) -> list[Any]:
+    """Alembic's steps from ``heads`` to ``revision``, up or down (as command.upgrade/downgrade plan them)."""
+    return script._upgrade_revs(revision, heads) if upgrade else script._downgrade_revs(revision, heads)
+
+
+def _position(script: ScriptDirectory, current: list[str]) -> dict[str, Any]:
+    """Where ``current`` stands: the head revisions and how many revisions lie between."""
+    return {"head": sorted(script.get_heads()), "pending": len(script._upgrade_revs("heads", tuple(current)))}
 
 
 def _error_text(exc: BaseException) -> str:

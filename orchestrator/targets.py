@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from orchestrator.config import TENANT_PLACEHOLDER, DatabaseConfig, Project
+from orchestrator.config import TENANT_PLACEHOLDER, DatabaseConfig
 from orchestrator.errors import ConfigError, OrchestrateError
 from orchestrator.urls import mask_text, mask_url, parse_url
 
@@ -106,7 +106,3 @@ def targets_of(database: DatabaseConfig) -> list[Target]:
     if database.tenants is None:
         return [make_target(database)]
     return [make_target(database, tenant) for tenant in tenant_names(database)]
-
-
-def all_targets(project: Project) -> list[Target]:
-    return [t for db in project.databases.values() for t in targets_of(db)]
