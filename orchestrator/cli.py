@@ -21,6 +21,7 @@ from rich.text import Text
 from orchestrator import plan as planning
 from orchestrator import report
 from orchestrator.config import CONFIG_FILENAME, Project, load_project
+from orchestrator.dialects import dialect_for
 from orchestrator.errors import OrchestrateError, SelectionError
 from orchestrator.executor import Operation, Outcome, execute, run_serial
 from orchestrator.results import Status, TargetResult
@@ -279,8 +280,7 @@ def _offline(state: State, plan: planning.Plan, revision: str, upgrade: bool) ->
     failed = False
     for target in plan.targets:
         sys.stdout.write(f"-- orchestrate: {target.name} ({target.display_url})\n")
-        if target.schema is not None:
-            sys.stdout.write(f"SET search_path TO {target.schema};\n\n")  # validated tenant name
+        sys.stdout.write(dialect_for(target).offline_preamble(target))
         sys.stdout.flush()
         result = state.runner.sql(target, revision, upgrade, sys.stdout)
         if result.status is Status.FAILED:

@@ -145,6 +145,10 @@ class Dialect:
         """Is the target a database file that does not exist yet? (Reading it must not create it.)"""
         return False
 
+    def offline_preamble(self, target: Target) -> str:
+        """What an offline (--sql) script must run first for this target (e.g. pick its schema)."""
+        return ""
+
     def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
         """Target name -> revisions, read in bulk without the ceremony of a migration
         connection; None where this server has no such fast path."""
@@ -218,6 +222,12 @@ class PostgreSQL(Dialect):
 
     def is_catalog_query(self, statement: str) -> bool:
         return statement.lstrip().upper().startswith(("SELECT", "WITH")) and bool(self._CATALOG.search(statement))
+
+    def offline_preamble(self, target: Target) -> str:
+        if target.schema is None:
+            return ""
+        # Online the connection's search_path is pinned to the tenant; offline the script says so.
+        return f"SET search_path TO {_ansi_quote(target.schema)};\n\n"
 
     def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
         schema = target.schema or ""
@@ -474,7 +484,7 @@ class SQLite(Dialect):
         import sqlite3
 
         found: dict[str, list[str] | None] = {}
-        query = f"SELECT version_num FROM {_sqlite_quote(version_table)}"  # a validated table name, quoted
+        query = f"SELECT version_num FROM {_ansi_quote(version_table)}"  # a validated table name, quoted
         for target in targets:
             database = parse_url(target.url).database or ""
             if not database or database == ":memory:" or database.startswith("file:"):
@@ -606,7 +616,8 @@ def _digest(rows: Any) -> str:
     return hashlib.sha256(repr([tuple(row) for row in rows]).encode()).hexdigest()
 
 
-def _sqlite_quote(identifier: str) -> str:
+def _ansi_quote(identifier: str) -> str:
+    """A "quoted" identifier, for SQL written without a connection (PostgreSQL and SQLite rules)."""
     return '"' + identifier.replace('"', '""') + '"'
 
 

@@ -872,3 +872,22 @@ def test_json_report_fields_per_target(fleets, make_project, tmp_path) -> None:
         assert (t["status"], t["after"], t["applied"], t["failed_revision"], t["error"]) == (
             "upgraded", [REV_C], [REV_C], None, None
         )
+
+
+def test_offline_sql_for_a_schema_tenant_selects_its_schema_first(make_project, pg_url: str) -> None:
+    """--sql cannot pin a connection's search_path: the script for each tenant sets it."""
+    from conftest import REPO
+
+    project = make_project({
+        "sys_path": [str(REPO)],
+        "databases": {"shops": {
+            "url": pg_url, "version_path": "versions/catalog",
+            "tenants": {"mode": "schema", "names": ["acme", "globex"]},
+        }},
+    })
+    result = project.cli("upgrade", "-n", "shops", "--sql")
+    assert result.exit_code == 0, result.output
+    for tenant in ("acme", "globex"):
+        header = f"-- orchestrate: shops/{tenant} ("
+        script = result.stdout.split(header, 1)[1]
+        assert script.split("\n", 1)[1].startswith(f'SET search_path TO "{tenant}";'), script[:200]
