@@ -206,7 +206,7 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(func)
 
 
-def _emit_json(state: State, data: Any) -> None:
+def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
@@ -260,7 +260,7 @@ def _run(
     if run.report_path:
         report.write_json(run.report_path, data)
     if run.as_json:
-        _emit_json(state, data)
+        _emit_json(data)
     else:
         report.print_summary(state.out, outcome)
         if run.report_path and not outcome.ok:
@@ -363,7 +363,7 @@ def current(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     state: State = ctx.obj
     results = _read_all(state, _plan(state, selection, all_if_none=True))
     if as_json:
-        _emit_json(state, _versions_json(results))
+        _emit_json(_versions_json(results))
     else:
         for r in results:
             if r.status is Status.FAILED:
@@ -397,7 +397,7 @@ def status(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     plan = _plan(state, selection, all_if_none=True)
     results = _read_all(state, plan)
     if as_json:
-        _emit_json(state, _versions_json(results))
+        _emit_json(_versions_json(results))
     else:
         report.print_status(state.out, plan, results)
     if any(r.status is Status.FAILED for r in results):
@@ -420,7 +420,7 @@ def heads(state: State, names: tuple[str, ...], all_: bool, as_json: bool) -> No
     plan = planning.select(state.project, names, all_, all_if_none=True)
     data = {db.name: sorted(state.runner.script(db).get_heads()) for db in plan.databases}
     if as_json:
-        return _emit_json(state, data)
+        return _emit_json(data)
     for name, revs in data.items():
         state.out.print(Text(f"{name:<24} ", style="bold").append(report.revisions(revs)))
 
@@ -458,7 +458,7 @@ def history(state: State, names: tuple[str, ...], all_: bool, verbose: bool, as_
             state.out.print(Text(f"{db.name} ({db.version_path}): no revisions yet", style="bold"))
         data[db.name] = entries
     if as_json:
-        _emit_json(state, data)
+        _emit_json(data)
 
 
 @cli.command()
@@ -471,7 +471,7 @@ def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     plan = _plan(state, selection, all_if_none=True)
     outcome = run_serial(plan, state.runner.check, respect_dependencies=False)
     if as_json:
-        _emit_json(state, [
+        _emit_json([
             {"target": r.target, "database": r.database, "tenant": r.tenant, "status": r.status.value,
              "current": r.after, "pending": r.data.get("pending"), "differences": r.details, "error": r.error}
             for r in outcome.results

@@ -786,24 +786,13 @@ def version_table_place(url: str, schema: str | None, version_table: str) -> tup
 def _version_table_places(db: DatabaseConfig) -> list[tuple[Any, ...]]:
     """Where the version tables of ``db``'s targets live, as far as the file tells
     (a fleet whose tenants come from a query is only known when it runs)."""
+    from orchestrator.targets import make_target  # the one place that knows where a tenant lives
+
     tenants = db.tenants
-    if tenants is None:
-        places = [version_table_place(db.url, None, db.version_table)]
-    elif tenants.names is None:
+    if tenants is not None and tenants.names is None:
         return []
-    else:
-        url = parse_url(db.url)
-        places = []
-        for tenant in tenants.names:
-            if tenants.mode == "database":
-                tenant_url = url.set(database=(url.database or "").replace(TENANT_PLACEHOLDER, tenant))
-                places.append(version_table_place(tenant_url.render_as_string(False), None, db.version_table))
-            elif url.get_backend_name() == "postgresql":
-                places.append(version_table_place(db.url, tenant, db.version_table))
-            else:  # MySQL: a database per tenant
-                places.append(
-                    version_table_place(url.set(database=tenant).render_as_string(False), None, db.version_table)
-                )
+    targets = [make_target(db, name) for name in tenants.names] if tenants is not None else [make_target(db)]
+    places = [version_table_place(t.url, t.schema, db.version_table) for t in targets]
     return [p for p in places if p is not None]
 
 

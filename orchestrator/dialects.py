@@ -629,9 +629,19 @@ _DIALECTS: dict[str, type[Dialect]] = {
 }
 
 
+_INSTANCES: dict[type[Dialect], Dialect] = {}
+
+
 def dialect_for(target: Target) -> Dialect:
-    """The :class:`Dialect` for a target's URL (a generic one for servers we know nothing of)."""
-    return _DIALECTS.get(target.dialect, Dialect)()
+    """The :class:`Dialect` for a target's URL (a generic one for servers we know nothing of).
+
+    Dialects keep no state, so each class has one instance.
+    """
+    cls = _DIALECTS.get(target.dialect, Dialect)
+    instance = _INSTANCES.get(cls)
+    if instance is None:
+        instance = _INSTANCES[cls] = cls()
+    return instance
 
 
 def is_async_url(url: URL) -> bool:

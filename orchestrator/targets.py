@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,8 +32,9 @@ class Target:
     def display_url(self) -> str:
         return mask_url(self.url)
 
-    @property
+    @cached_property
     def dialect(self) -> str:
+        """``postgresql``, ``mysql``, ``sqlite``... (asked on every step of a run: parsed once)."""
         return parse_url(self.url).get_backend_name()
 
     def __repr__(self) -> str:
