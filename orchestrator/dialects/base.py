@@ -1,0 +1,277 @@
+"""The interface every server dialect implements, and the helpers the dialects share.
+
+The engine never asks which database it talks to; it asks the target's :class:`Dialect`
+to install engine hooks, prepare a fresh connection (timeouts, schema), take the
+migration lock, read version tables in bulk, validate tenant names, and add the options
+Alembic needs for that server. One subclass per server lives beside this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import URL, Connection, Engine
+
+from orchestrator.errors import TargetError
+from orchestrator.urls import parse_url
+
+if TYPE_CHECKING:
+    from orchestrator.config import DatabaseConfig
+    from orchestrator.targets import Target
+
+#: How often a waiting run asks again for a migration lock that another run holds.
+LOCK_POLL_SECONDS = 0.2
+#: Where ``prepare`` leaves the server's id of a connection (PostgreSQL pid, MySQL thread id).
+BACKEND_ID_KEY = "orchestrate.backend_id"
+#: Version tables read per UNION ALL statement by the bulk reader.
+BULK_CHUNK = 500
+#: Schema or database names no tenant may take, whatever its pattern says.
+RESERVED_NAMES = frozenset({"public", "pg_catalog", "pg_toast", "information_schema", "mysql", "sys",
+                            "performance_schema", "template0", "template1", "postgres"})
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error it wraps (``.orig``) and its causes and contexts."""
+    seen: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        stack.extend([getattr(item, "orig", None), item.__cause__, item.__context__])
+    return seen
+
+
+def lock_owner() -> str:
+    """How a run names itself where the server lets it (PostgreSQL application_name)."""
+    return f"orchestrate pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
+class BlockerWatch:
+    """Watches, while a migration runs, for sessions that block it; this one watches nothing.
+
+    Used as a context manager around the migration; :meth:`describe` then says who
+    blocked it (or None), for the error of a revision that hit ``lock_timeout``.
+    """
+
+    def __enter__(self) -> BlockerWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> str | None:
+        return None
+
+
+class MigrationLock:
+    """A held migration lock; :meth:`release` is safe to call more than once."""
+
+    def __init__(self, release: Any = None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def lock_name(target: Target) -> str:
+    """A stable name for a target's migration lock: the same version table, the same lock."""
+    url = parse_url(target.url)
+    place = f"{url.get_backend_name()}|{url.database or ''}|{target.schema or ''}|{target.database.version_table}"
+    return "orchestrate:" + hashlib.sha256(place.encode()).hexdigest()[:40]
+
+
+def busy(target: Target, waited: float, holder: str | None) -> TargetError:
+    who = f"; held by {holder}" if holder else ""
+    return TargetError(
+        f"{target.name}: another run is migrating {target.name} (waited {waited:.0f}s for its migration lock{who})",
+        hint="wait for that run to finish, or raise `lock_wait` in orchestrate.yaml",
+    )
+
+
+class Dialect:
+    """Behaviour shared by every server; subclasses override what differs."""
+
+    name: ClassVar[str] = "default"
+    #: May one engine serve several databases of this server (a connection routed to each)?
+    #: Not where the dialect remembers the first connection's database (MySQL's default schema).
+    engine_serves_many_databases: ClassVar[bool] = True
+
+    #: Longest identifier the server accepts, in bytes (UTF-8); None: no limit known.
+    identifier_limit: ClassVar[int | None] = None
+
+    def engine_url(self, target: Target) -> URL:
+        return parse_url(target.url)
+
+    def connect_args(self, target: Target) -> dict[str, Any]:
+        """Driver arguments that bound a connection's life: ``connect_timeout`` for the
+        connection itself, keepalives so a vanished peer is noticed."""
+        return {}
+
+    def tenant_name_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot name a tenant on this server, or None. Checked whatever the
+        tenant pattern says: reserved names, the server's identifier limit, control characters."""
+        if not name:
+            return "a tenant name cannot be empty"
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            return "a tenant name cannot hold control characters (newline, NUL, ...)"
+        if name.lower() in RESERVED_NAMES or name.lower().startswith("pg_"):
+            return f"{name!r} is reserved by the database server"
+        limit = self.identifier_limit
+        if limit is not None and len(name.encode("utf-8")) > limit:
+            return f"{name!r} is longer than the server's identifier limit ({limit} bytes)"
+        return None
+
+    def bulk_versions(
+        self, connection: Connection, version_table: str, targets: list[Target]
+    ) -> dict[str, list[str]]:
+        """tenant -> revisions, for schema-per-tenant targets on one server, read in a few
+        queries; a tenant whose schema (MySQL: database) is missing is left out, one with
+        no version table maps to []. information_schema serves PostgreSQL and MySQL alike."""
+        containers = {self.container(t): t.tenant or "" for t in targets}
+        names = bindparam("names", expanding=True)
+        existing = set(connection.execute(
+            text("SELECT schema_name FROM information_schema.schemata WHERE schema_name IN :names").bindparams(names),
+            {"names": list(containers)},
+        ).scalars())
+        versioned = set(connection.execute(
+            text("SELECT table_schema FROM information_schema.tables "
+                 "WHERE table_name = :table AND table_schema IN :names").bindparams(names),
+            {"table": version_table, "names": sorted(existing)},
+        ).scalars()) if existing else set()
+        found: dict[str, list[str]] = {containers[c]: [] for c in existing}
+        quote = connection.dialect.identifier_preparer.quote_identifier
+        chunk = sorted(versioned)
+        for start in range(0, len(chunk), BULK_CHUNK):
+            part = chunk[start:start + BULK_CHUNK]
+            # Identifiers quoted by the dialect (and validated before); which tenant each row
+            # belongs to travels as a bound parameter.
+            union = " UNION ALL ".join(
+                f"SELECT :c{i} AS container, version_num FROM {quote(name)}.{quote(version_table)}"
+                for i, name in enumerate(part)
+            )
+            for container, version in connection.execute(text(union), {f"c{i}": n for i, n in enumerate(part)}):
+                found[containers[container]].append(version)
+        connection.rollback()
+        return {tenant: sorted(revs) for tenant, revs in found.items()}
+
+    def container(self, target: Target) -> str:
+        """The schema (PostgreSQL) or database (MySQL) that holds a tenant's tables."""
+        return target.schema or parse_url(target.url).database or ""
+
+    def install(self, engine: Engine, target: Target) -> None:
+        """Hook into a new (sync) engine before its first connection."""
+
+    def before_connect(self, target: Target) -> None:
+        """Anything the target needs before a connection to it is opened."""
+
+    def prepare(self, connection: Connection, target: Target) -> None:
+        """Set up a fresh connection: timeouts, schema. The caller commits afterwards."""
+
+    def configure_options(self, target: Target) -> dict[str, Any]:
+        """Extra options for Alembic's ``context.configure`` on this server."""
+        return {}
+
+    def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
+        """Point a fresh connection at the target's schema (schema-per-tenant), creating
+        it when ``create``; a missing schema is a TargetError."""
+        raise TargetError(f"{target.name}: schemas per tenant are not supported on {self.name}")
+
+    def ensure_database(self, target: Target) -> None:
+        """Create the target's own database before connecting, where the server needs that
+        (MySQL database-per-tenant with ``create: true``)."""
+
+    @staticmethod
+    def quote(connection: Connection, identifier: str) -> str:
+        """An identifier quoted by the dialect's own rules (names are validated before)."""
+        return connection.dialect.identifier_preparer.quote_identifier(identifier)
+
+    def file_missing(self, target: Target) -> bool:
+        """Is the target a database file that does not exist yet? (Reading it must not create it.)"""
+        return False
+
+    def offline_preamble(self, target: Target) -> str:
+        """What an offline (--sql) script must run first for this target (e.g. pick its schema)."""
+        return ""
+
+    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
+        """Target name -> revisions, read in bulk without the ceremony of a migration
+        connection; None where this server has no such fast path."""
+        return None
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        """A digest of the connection's current schema (tables, columns, indexes,
+        constraints), without its own name; None where replay is not supported."""
+        return None
+
+    def is_catalog_query(self, statement: str) -> bool:
+        """Does ``statement`` only read the catalog (reflection)?"""
+        return False
+
+    def partial_failure_note(self) -> str | None:
+        """What a person must know when a revision fails halfway on this server."""
+        return None
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        """A :class:`BlockerWatch` for ``connection``; ``watcher`` is a spare connection
+        to the same server (the migration lock's) that the watch may use, or None."""
+        return BlockerWatch()
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        """Did ``exc`` come from waiting longer than ``lock_timeout`` for a lock?"""
+        return False
+
+    #: Does the migration lock live on a server connection of its own?
+    lock_needs_connection: ClassVar[bool] = False
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        """Take the target's migration lock, waiting at most ``wait`` seconds.
+
+        Raises TargetError("another run is migrating ...") naming the holder if it can.
+        """
+        return MigrationLock()
+
+
+def lender(watcher: Connection | None, target: Target) -> Any:
+    """How a blocker watch gets its connection: the migration lock's spare connection when
+    there is one (lent, not closed), else a short-lived sync one of its own (async drivers)."""
+
+    def lend() -> tuple[Connection, Any]:
+        if watcher is not None:
+            return watcher, lambda: None
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        url = parse_url(target.url)
+        sync = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+        engine = create_engine(url.set(drivername=sync.get(url.get_backend_name(), url.drivername)), poolclass=NullPool)
+        try:
+            connection = engine.connect()
+        except BaseException:
+            engine.dispose()
+            raise
+
+        def give_back() -> None:
+            try:
+                connection.close()
+            finally:
+                engine.dispose()
+
+        return connection, give_back
+
+    return lend
+
+
+def digest(rows: Any) -> str:
+    return hashlib.sha256(repr([tuple(row) for row in rows]).encode()).hexdigest()
+
+
+def ansi_quote(identifier: str) -> str:
+    """A "quoted" identifier, for SQL written without a connection (PostgreSQL and SQLite rules)."""
+    return '"' + identifier.replace('"', '""') + '"'

@@ -1,0 +1,141 @@
+"""MySQL and MariaDB: GET_LOCK, lock_wait_timeout, a database per tenant; DDL is never transactional."""
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from orchestrator.blockers import PollingWatch, mysql_blockers, mysql_has_metadata_lock_info
+from orchestrator.dialects.base import (
+    BACKEND_ID_KEY,
+    BlockerWatch,
+    Dialect,
+    MigrationLock,
+    busy,
+    causes,
+    digest,
+    lender,
+    lock_name,
+)
+from orchestrator.urls import parse_url
+
+if TYPE_CHECKING:
+    from orchestrator.targets import Target
+
+
+class MySQL(Dialect):
+    name = "mysql"
+    engine_serves_many_databases = False
+    identifier_limit = 64
+
+    def connect_args(self, target: Target) -> dict[str, Any]:
+        # PyMySQL: connect_timeout bounds the TCP connect and the handshake.
+        return {"connect_timeout": max(1, round(target.database.connect_timeout))}
+
+    _FINGERPRINT = text(
+        "SELECT 'c', table_name, column_name, column_type, is_nullable, column_default, extra "
+        "FROM information_schema.columns WHERE table_schema = DATABASE() "
+        "UNION ALL SELECT 'i', table_name, index_name, column_name, CAST(seq_in_index AS CHAR), "
+        "CAST(non_unique AS CHAR), '' FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        "UNION ALL SELECT 'k', table_name, constraint_name, constraint_type, '', '', '' "
+        "FROM information_schema.table_constraints WHERE table_schema = DATABASE() "
+        "ORDER BY 1, 2, 3, 4"
+    )
+    _CATALOG = re.compile(r"^\s*(SHOW\b|DESCRIBE\b|SELECT\b.*\binformation_schema\.)", re.I | re.S)
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        return digest(connection.execute(self._FINGERPRINT).all())
+
+    def is_catalog_query(self, statement: str) -> bool:
+        return bool(self._CATALOG.match(statement))
+
+    def ensure_database(self, target: Target) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        url = parse_url(target.url)
+        engine = create_engine(url._replace(database=None), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                name = url.database or ""
+                connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {self.quote(connection, name)}"))
+                connection.commit()
+        finally:
+            engine.dispose()
+
+    def prepare(self, connection: Connection, target: Target) -> None:
+        connection.info[BACKEND_ID_KEY] = connection.execute(text("SELECT CONNECTION_ID()")).scalar()
+        seconds = max(1, round(target.database.lock_timeout))  # MySQL counts whole seconds, at least 1
+        connection.execute(text("SET SESSION lock_wait_timeout = :v"), {"v": seconds})
+        connection.execute(text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": seconds})
+        statement_timeout = target.database.statement_timeout
+        if statement_timeout:
+            if getattr(connection.dialect, "is_mariadb", False):
+                connection.execute(text("SET SESSION max_statement_time = :v"), {"v": float(statement_timeout)})
+            else:  # MySQL: milliseconds, and for SELECT statements only
+                connection.execute(text("SET SESSION max_execution_time = :v"), {"v": max(1, int(statement_timeout * 1000))})
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        # 1205 ER_LOCK_WAIT_TIMEOUT: lock_wait_timeout (table metadata locks) or
+        # innodb_lock_wait_timeout (row locks) ran out.
+        for e in causes(exc):
+            args = getattr(e, "args", ())
+            if args and isinstance(args[0], int) and args[0] == 1205:
+                return True
+        return False
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        me = connection.info.get(BACKEND_ID_KEY)
+        if me is None:
+            return BlockerWatch()
+        database = parse_url(target.url).database
+        plugin: list[bool] = []
+
+        def poll(spare: Connection) -> list[str]:
+            if not plugin:
+                plugin.append(mysql_has_metadata_lock_info(spare))
+            return mysql_blockers(spare, int(me), database, plugin[0])
+
+        return PollingWatch(target.name, lender(watcher, target), poll, target.database.lock_timeout)
+
+    lock_needs_connection = True
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        assert connection is not None
+        name = lock_name(target)[:64]  # GET_LOCK names are server-wide and at most 64 characters
+        started = time.monotonic()
+        got = connection.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": max(0.0, float(wait))}).scalar()
+        connection.commit()
+        if got != 1:
+            raise busy(target, time.monotonic() - started, self._holder(connection, name))
+
+        def release() -> None:
+            connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            connection.commit()
+
+        return MigrationLock(release)
+
+    @staticmethod
+    def _holder(connection: Connection, name: str) -> str | None:
+        row = connection.execute(
+            text(
+                "SELECT p.id, p.user, p.host, p.time, p.command FROM information_schema.processlist p "
+                "WHERE p.id = IS_USED_LOCK(:n)"
+            ),
+            {"n": name},
+        ).mappings().first()
+        connection.commit()
+        if row is None:
+            return None
+        return f"connection {row['id']} ({row['user']}@{row['host']}, {row['command']} for {row['time']}s)"
+
+    def partial_failure_note(self) -> str:
+        return (
+            "MySQL/MariaDB commit DDL implicitly, so this revision may be partly applied; "
+            "the version table still names the last revision that completed"
+        )
+
+

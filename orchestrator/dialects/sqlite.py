@@ -1,0 +1,190 @@
+"""SQLite (pysqlite, aiosqlite): the BEGIN recipe for transactional DDL, flock migration locks."""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.blockers import sqlite_write_lock_holders
+from orchestrator.dialects.base import (
+    LOCK_POLL_SECONDS,
+    BlockerWatch,
+    Dialect,
+    MigrationLock,
+    ansi_quote,
+    busy,
+    causes,
+    digest,
+)
+from orchestrator.urls import parse_url
+
+if TYPE_CHECKING:
+    from orchestrator.targets import Target
+
+#: Set on a SQLite connection while it migrates: its transactions take the write lock up
+#: front (BEGIN IMMEDIATE), so a busy database is waited for, up to busy_timeout.
+SQLITE_IMMEDIATE_KEY = "orchestrate.sqlite_begin_immediate"
+
+
+class SQLite(Dialect):
+    """pysqlite and aiosqlite, with the documented BEGIN recipe so DDL is transactional."""
+
+    name = "sqlite"
+
+    def tenant_name_problem(self, name: str) -> str | None:
+        # A tenant is a file in the folder of the URL's template: one plain file name.
+        if name in (".", "..") or any(ch in name for ch in "/\\\0") or name.startswith("-"):
+            return f"{name!r} is not a safe file name (no '/', '\\', '..', or leading '-')"
+        if len(name.encode("utf-8")) > 200:
+            return f"{name!r} is too long for a file name (at most 200 bytes)"
+        return super().tenant_name_problem(name)
+
+    def before_connect(self, target: Target) -> None:
+        database = parse_url(target.url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    def install(self, engine: Engine, target: Target) -> None:
+        # The driver's own transaction handling issues no BEGIN before DDL, so a failed
+        # revision would leave half its tables behind. Take over: no implicit
+        # transactions from the driver, an explicit BEGIN from SQLAlchemy.
+        @event.listens_for(engine, "connect")
+        def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            # A migration takes the write lock when it begins: a deferred BEGIN that has
+            # read would get "database is locked" at its first write at once, without
+            # waiting busy_timeout for the writer to finish.
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get(SQLITE_IMMEDIATE_KEY) else "BEGIN")
+
+    def prepare(self, connection: Connection, target: Target) -> None:
+        timeout_ms = int(target.database.lock_timeout * 1000)
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms:d}")  # an int, never user text
+
+    def configure_options(self, target: Target) -> dict[str, Any]:
+        return {"transactional_ddl": True}
+
+    _CATALOG = re.compile(r"^\s*(PRAGMA\b|SELECT\b.*\bsqlite_(?:master|schema|temp_master|temp_schema)\b)", re.I | re.S)
+
+    def schema_fingerprint(self, connection: Connection) -> str | None:
+        rows = connection.exec_driver_sql(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).all()
+        return digest(rows)
+
+    def is_catalog_query(self, statement: str) -> bool:
+        return bool(self._CATALOG.match(statement))
+
+    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
+        """Read-only, straight through sqlite3: a missing file stays missing (None)."""
+        import sqlite3
+
+        found: dict[str, list[str] | None] = {}
+        query = f"SELECT version_num FROM {ansi_quote(version_table)}"  # a validated table name, quoted
+        for target in targets:
+            database = parse_url(target.url).database or ""
+            if not database or database == ":memory:" or database.startswith("file:"):
+                return None
+            if not Path(database).exists():
+                found[target.name] = None
+                continue
+            connection = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                found[target.name] = sorted(row[0] for row in connection.execute(query))
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                found[target.name] = []
+            finally:
+                connection.close()
+        return found
+
+    def file_missing(self, target: Target) -> bool:
+        database = parse_url(target.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return False
+        return not Path(database).exists()
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        for e in causes(exc):
+            if getattr(e, "sqlite_errorcode", None) in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
+                return True
+            if type(e).__name__ == "OperationalError" and "database is locked" in str(e):
+                return True
+        return False
+
+    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+        return _SQLiteWriteWatch(connection, parse_url(target.url).database)
+
+    def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
+        """An OS lock (flock) on a file beside the database: the OS drops it if we die."""
+        database = parse_url(target.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return MigrationLock()  # nothing another process could share
+        path = Path(database + ".orchestrate-lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - started >= wait:
+                        holder = path.read_text(encoding="utf-8", errors="replace").strip() or None
+                        raise busy(target, time.monotonic() - started, holder) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            # Say who holds it, for the next run that has to wait.
+            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S%z")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+        def release() -> None:
+            try:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+        return MigrationLock(release)
+
+
+class _SQLiteWriteWatch(BlockerWatch):
+    """While a SQLite migration runs: its transactions begin IMMEDIATE (so busy_timeout
+    bounds the wait for the write lock); afterwards, who held that lock."""
+
+    def __init__(self, connection: Connection, database: str | None) -> None:
+        self._connection = connection
+        self._database = database
+
+    def __enter__(self) -> _SQLiteWriteWatch:
+        self._connection.info[SQLITE_IMMEDIATE_KEY] = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._connection.info.pop(SQLITE_IMMEDIATE_KEY, None)
+
+    def describe(self) -> str | None:
+        database = self._database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return "another connection holds a write lock on the database"
+        holders = sqlite_write_lock_holders(database)
+        return f"another connection holds a write lock on {database}" + (
+            f" ({'; '.join(holders)})" if holders else ""
+        )
+
+
