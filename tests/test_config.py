@@ -1,7 +1,7 @@
 """orchestrate.yaml -> Project: loading, expansion, resolution, and every configuration error.
 
 Every error must name the file and the exact line, and say how to fix it (in the message or
-the hint). YAML is written as literal text so that line numbers are known; ``write()``
+the hint). Loading is pure: models are imported by ``activate`` + ``Project.load_models()``. YAML is written as literal text so that line numbers are known; ``write()``
 strips the leading newline, so the first line of each literal is line 1.
 """
 from __future__ import annotations
@@ -15,16 +15,15 @@ import pytest
 from sqlalchemy import MetaData
 
 from orchestrator import urls
-from orchestrator.config import Project, load_project
+from orchestrator.config import Project, activate, load_project
 from orchestrator.errors import ConfigError
-
 
 # --------------------------------------------------------------------------- helpers
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """load_project prepends to sys.path and remembers passwords: undo both after each test,
+    """activate() prepends to sys.path and remembers passwords: undo both after each test,
     so that no test passes (or fails) because of what another one loaded."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(urls, "_known_secrets", set())
@@ -45,6 +44,15 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Project:
 def error_of(path: Path, environ: dict[str, str] | None = None) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load(path, environ)
+    return info.value
+
+
+def models_error_of(path: Path) -> ConfigError:
+    """Loading succeeds (metadata is imported on first use); importing the models fails."""
+    project = load(path)
+    activate(project)
+    with pytest.raises(ConfigError) as info:
+        project.load_models()
     return info.value
 
 
@@ -89,7 +97,12 @@ def test_a_full_valid_file_loads_with_every_value_resolved(tmp_path: Path) -> No
             depends_on:
               - users
     """)
+    before = list(sys.path)
     project = load(path)
+    assert sys.path == before and mod not in sys.modules  # loading is pure
+    activate(project)
+    activate(project)  # idempotent
+    assert sys.path[:1] == [str(tmp_path.resolve() / "lib")] and sys.path.count(str(tmp_path.resolve() / "lib")) == 1
 
     assert project.path == path.resolve()
     assert project.root == tmp_path.resolve()
@@ -942,7 +955,7 @@ def test_metadata_module_raising_import_error_shows_its_text(tmp_path: Path) -> 
         metadata = MetaData()
     """)
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert f"cannot import `{mod}`" in err.message
     assert "ModuleNotFoundError: No module named 'orch_no_such_dependency_xyz'" in err.message
@@ -953,7 +966,7 @@ def test_metadata_module_raising_something_else_while_importing(tmp_path: Path) 
     mod = module_name()
     write_module(tmp_path / "models", mod, "raise RuntimeError('models are broken on purpose')\n")
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert "RuntimeError: models are broken on purpose" in err.message
 
@@ -962,7 +975,7 @@ def test_metadata_module_calling_sys_exit_while_importing(tmp_path: Path) -> Non
     mod = module_name()
     write_module(tmp_path / "models", mod, "import sys\nsys.exit(3)\n")
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert "SystemExit" in err.message
 
@@ -970,7 +983,7 @@ def test_metadata_module_calling_sys_exit_while_importing(tmp_path: Path) -> Non
 def test_metadata_module_that_does_not_exist(tmp_path: Path) -> None:
     mod = module_name()
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert f"cannot import `{mod}`: ModuleNotFoundError: No module named '{mod}'" in err.message
 
@@ -984,7 +997,7 @@ def test_metadata_attribute_missing_lists_the_metadata_found(tmp_path: Path) -> 
         not_metadata = 3
     """)
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert f"`{mod}` has no attribute `metadata`" in err.message
     assert "MetaData objects found there: orders_metadata, users_metadata" in (err.hint or "")
@@ -994,7 +1007,7 @@ def test_metadata_attribute_missing_in_a_module_without_any_metadata(tmp_path: P
     mod = module_name()
     write_module(tmp_path / "models", mod, "x = 1\n")
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert f"`{mod}` has no attribute `metadata`" in err.message
     assert "MetaData" in (err.hint or "")
@@ -1004,7 +1017,7 @@ def test_metadata_attribute_that_is_not_a_metadata(tmp_path: Path) -> None:
     mod = module_name()
     write_module(tmp_path / "models", mod, "metadata = {'tables': []}\n")
     path = _metadata_config(tmp_path, f"{mod}:metadata")
-    err = error_of(path)
+    err = models_error_of(path)
     assert_at(err, path, 5)
     assert f"`{mod}:metadata` is a dict, not a SQLAlchemy MetaData" in err.message
     assert "declarative Base" in (err.hint or "")
@@ -1024,6 +1037,7 @@ def test_metadata_a_declarative_base_is_accepted(tmp_path: Path) -> None:
             id: Mapped[int] = mapped_column(Integer, primary_key=True)
     """)
     project = load(_metadata_config(tmp_path, f"{mod}:Base"))
+    activate(project)
     metadata = project.databases["users"].metadata
     assert isinstance(metadata, MetaData)
     assert metadata is sys.modules[mod].Base.metadata
@@ -1038,6 +1052,7 @@ def test_metadata_dotted_attribute_path(tmp_path: Path) -> None:
             users = MetaData()
     """)
     project = load(_metadata_config(tmp_path, f"{mod}:registry.users"))
+    activate(project)
     assert project.databases["users"].metadata is sys.modules[mod].registry.users
 
 
@@ -1046,6 +1061,7 @@ def test_metadata_in_a_package_module(tmp_path: Path) -> None:
     write_module(tmp_path / "models" / pkg, "__init__", "")
     write_module(tmp_path / "models" / pkg, "tables", "from sqlalchemy import MetaData\nmetadata = MetaData()\n")
     project = load(_metadata_config(tmp_path, f"{pkg}.tables:metadata"))
+    activate(project)
     assert project.databases["users"].metadata is sys.modules[f"{pkg}.tables"].metadata
 
 
@@ -1110,15 +1126,20 @@ def test_a_symlinked_sqlite_file_shares_a_version_table(tmp_path: Path) -> None:
     assert "would share the version table" in error_of(path).message
 
 
-def test_in_memory_sqlite_databases_never_share(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_sqlite_database_cannot_be_migrated(tmp_path: Path, url: str) -> None:
+    # (it used to be accepted: its version table vanished with the connection)
+    path = write(tmp_path, f"""
         databases:
           users:
-            url: "sqlite://"
+            url: sqlite:///users.db
           orders:
-            url: "sqlite:///:memory:"
+            url: "{url}"
     """)
-    assert list(load(path).databases) == ["users", "orders"]
+    err = error_of(path)
+    assert_at(err, path, 5)
+    assert "databases.orders.url: an in-memory SQLite database" in err.message
+    assert "sqlite:///var/" in (err.hint or "")
 
 
 def test_server_urls_sharing_a_version_table_with_and_without_the_default_port(tmp_path: Path) -> None:
@@ -1160,7 +1181,7 @@ def test_relative_paths_are_relative_to_the_config_folder_not_the_cwd(tmp_path: 
     elsewhere.mkdir()
     mod = module_name()
     write_module(project_dir / "src", mod, "from sqlalchemy import MetaData\nmetadata = MetaData()\n")
-    path = write(project_dir, f"""
+    write(project_dir, f"""
         script_location: migrations/envs
         sys_path: [src]
         databases:
@@ -1173,6 +1194,7 @@ def test_relative_paths_are_relative_to_the_config_folder_not_the_cwd(tmp_path: 
     """)
     monkeypatch.chdir(elsewhere)
     project = load(Path("..") / "project" / "orchestrate.yaml")
+    activate(project)
 
     root = project_dir.resolve()
     assert project.root == root
@@ -1189,18 +1211,36 @@ def test_relative_paths_are_relative_to_the_config_folder_not_the_cwd(tmp_path: 
 
 
 def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    root = (tmp_path / "project").resolve()
     other = (tmp_path / "other").resolve()
     path = write(tmp_path / "project", f"""
-        script_location: {other}/envs
+        script_location: {root}/envs
         databases:
           users:
             url: sqlite:///{other}/users.db
-            version_path: {other}/versions/users
+            version_path: {root}/versions/users
     """)
     project = load(path)
-    assert project.script_location == other / "envs"
-    assert project.databases["users"].url == f"sqlite:///{other}/users.db"
-    assert project.databases["users"].version_path == other / "versions" / "users"
+    assert project.script_location == root / "envs"
+    assert project.databases["users"].url == f"sqlite:///{other}/users.db"  # a database may live anywhere
+    assert project.databases["users"].version_path == root / "versions" / "users"
+
+
+@pytest.mark.parametrize("key", ["script_location", "version_path"])
+def test_env_and_version_folders_outside_the_project_are_errors(tmp_path: Path, key: str) -> None:
+    other = (tmp_path / "other").resolve()
+    settings = {"script_location": "", "version_path": ""}
+    settings[key] = f"{key}: {other}/{key}"
+    path = write(tmp_path / "project", f"""
+        {settings["script_location"]}
+        databases:
+          users:
+            url: sqlite:///users.db
+            {settings["version_path"]}
+    """)
+    err = error_of(path)
+    assert_at(err, path, 1 if key == "script_location" else 4)
+    assert f"{key}: {other}/{key} is outside the project folder" in err.message
 
 
 # --------------------------------------------------------------------------- passwords
@@ -1270,7 +1310,12 @@ def test_no_password_echoed_by_a_models_module_of_another_database(tmp_path: Pat
           orders:
             url: postgresql+psycopg://app:s3cretpw@host/db
     """)
-    err = error_of(path)
+    project = load(path)
+    assert project.secrets == {"s3cretpw"}
+    sys.path.insert(0, str(tmp_path / "models"))  # as activate() would, but no password registered
+    with pytest.raises(ConfigError) as info:
+        project.load_models()
+    err = info.value
     assert_at(err, path, 5)
     assert "RuntimeError: login failed with password ***" in err.message
     assert "s3cretpw" not in str(err)
