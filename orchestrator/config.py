@@ -75,6 +75,7 @@ from orchestrator.urls import (
     password_forms,
     register_secret,
     secrets_of,
+    unparsed_password,
 )
 
 CONFIG_FILENAME = "orchestrate.yaml"
@@ -148,7 +149,9 @@ class Bounds:
 
     def setting(self, key: str) -> str:
         """``ORCHESTRATE_MAX_X=value``: the setting that raises bound ``key``, for messages."""
-        return f"{self.VARIABLES[key]} (now {getattr(self, key):g})"
+        value = getattr(self, key)
+        shown = _human_duration(value) if key == "duration" else str(value)
+        return f"{self.VARIABLES[key]} (now {shown})"
 
 
 DEFAULT_BOUNDS = Bounds()
@@ -181,12 +184,14 @@ def parse_duration(value: Any, maximum: float | None = None) -> float:
             seconds = math.inf
     if math.isnan(seconds):
         raise ValueError(f"{_short(value)} is not a duration (not a number)")
+    if math.isinf(seconds) and not isinstance(value, str):
+        raise ValueError(f"{_short(value)} is not a finite duration; write it as 10s, 500ms, 2m or 1h")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     if maximum is not None and not seconds <= maximum:
         raise ValueError(
             f"{_short(value)} is longer than {_human_duration(maximum)}, the longest duration allowed "
-            f"(ORCHESTRATE_MAX_DURATION)"
+            f"(raise it with ORCHESTRATE_MAX_DURATION)"
         )
     if math.isinf(seconds):
         raise ValueError(f"{_short(value)} is not a finite duration")
@@ -552,7 +557,7 @@ class _Lines:
                 return value
             except Exception:  # noqa: BLE001 - an odd key: fall back to its text
                 return node.value
-        return f"<{node.id} at line {node.start_mark.line + 1}>"
+        return f"<{getattr(node, 'id', 'node')} at line {node.start_mark.line + 1}>"
 
     def _walk(self, node: yaml.Node, path: Path_) -> None:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -598,7 +603,7 @@ class _Constructor(yaml.constructor.SafeConstructor):
         except yaml.constructor.ConstructorError:
             raise
         except Exception as exc:  # noqa: BLE001 - `!!int abc`: ValueError, and the like
-            value = node.value if isinstance(node, yaml.ScalarNode) else node.id
+            value = node.value if isinstance(node, yaml.ScalarNode) else getattr(node, "id", "node")
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {_short(value)} as {_tag(node.tag)}: {exc}", node.start_mark
             ) from None
@@ -613,7 +618,7 @@ class _Constructor(yaml.constructor.SafeConstructor):
         )
 
 
-_Constructor.add_constructor(None, _Constructor.construct_undefined)
+_Constructor.add_constructor(None, _Constructor.construct_undefined)  # type: ignore[type-var]
 
 
 def _tag(tag: str | None) -> str:
@@ -810,13 +815,13 @@ class _Loader:
         """
         try:
             _check_events(self, yaml.parse(text, Loader=_FAST_LOADER))
-            return yaml.compose(text, Loader=_FAST_LOADER)  # type: ignore[no-any-return]
+            return yaml.compose(text, Loader=_FAST_LOADER)
         except yaml.YAMLError as fast_error:
             if _FAST_LOADER is yaml.SafeLoader or len(text) > 1 << 20:
                 raise _yaml_error(self, fast_error) from None
         try:
             _check_events(self, yaml.parse(text, Loader=yaml.SafeLoader))
-            return yaml.compose(text, Loader=yaml.SafeLoader)  # type: ignore[no-any-return]
+            return yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             raise _yaml_error(self, exc) from None
 
@@ -884,9 +889,6 @@ class _Loader:
 
     def add_url_secrets(self, url: str) -> None:
         self.secrets |= secrets_of(url)
-        unparsed = _unparsed_password(url)
-        if unparsed:
-            self.secrets |= password_forms(unparsed)
 
     def check_keys(self, value: Any, path: Path_) -> None:
         """Every key is text (YAML reads ``123:`` as a number, ``no:`` as false)."""
@@ -989,7 +991,7 @@ class _Loader:
             first = min(errors, key=lambda e: (e["type"] == "missing", self.lines.of(_loc(e)) or 0))
             raise _pydantic_error(self, _loc(first), first, len(errors)) from None
 
-def _check_events(loader: _Loader, events: Iterable[yaml.Event]) -> None:
+def _check_events(loader: _Loader, events: Iterable[Any]) -> None:
     """Nesting, node count and string length, with aliases expanded, while parsing:
     an alias counts the nodes (and adds the depth) of what it refers to, so an
     exponential "billion laughs" file fails after a few hundred events."""
@@ -999,7 +1001,7 @@ def _check_events(loader: _Loader, events: Iterable[yaml.Event]) -> None:
     open_anchors: set[str] = set()
     total = 0
 
-    def add(size: int, height: int, event: yaml.Event) -> None:
+    def add(size: int, height: int, event: Any) -> None:
         nonlocal total
         total += size
         if total > bounds.yaml_nodes:
@@ -1063,10 +1065,10 @@ def _check_events(loader: _Loader, events: Iterable[yaml.Event]) -> None:
 
 def _yaml_error(loader: _Loader, exc: yaml.YAMLError) -> ConfigError:
     if isinstance(exc, yaml.reader.ReaderError):
-        line = loader.text.count("\n", 0, max(exc.position or 0, 0)) + 1
+        number = loader.text.count("\n", 0, max(exc.position or 0, 0)) + 1
         character = exc.character if isinstance(exc.character, str) else chr(exc.character)
         return loader.plain_error(
-            f"{loader.path}:{line}: invalid YAML: {exc.reason} ({character!r})",
+            f"{loader.path}:{number}: invalid YAML: {exc.reason} ({character!r})",
             hint="remove that character (YAML files hold printable text)",
         )
     if isinstance(exc, yaml.MarkedYAMLError):
@@ -1100,9 +1102,9 @@ def _pydantic_error(loader: _Loader, loc: Path_, err: Any, count: int) -> Config
         key = str(loc[-1])
         allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        hint += f"allowed keys here: {', '.join(allowed)}"
-        return loader.error(loc, f"unknown key `{_short(key)[1:-1]}`{more}", hint=hint, subject=loc[:-1])
+        suggestion = f"did you mean `{close[0]}`? " if close else ""
+        suggestion += f"allowed keys here: {', '.join(allowed)}"
+        return loader.error(loc, f"unknown key `{_short(key)[1:-1]}`{more}", hint=suggestion, subject=loc[:-1])
     if kind == "missing":
         key = str(loc[-1])
         example = {
@@ -1111,12 +1113,12 @@ def _pydantic_error(loader: _Loader, loc: Path_, err: Any, count: int) -> Config
             "drivername": "e.g. drivername: postgresql+psycopg",
         }.get(key)
         name = str(loc[-2]) if len(loc) >= 2 else ""
-        hint = f"add `{key}:`" + (", " + example.format(name=name, upper=name.upper()) if example else "")
-        return loader.error(loc[:-1], f"missing required key `{key}`{more}", hint=hint)
+        add = f"add `{key}:`" + (", " + example.format(name=name, upper=name.upper()) if example else "")
+        return loader.error(loc[:-1], f"missing required key `{key}`{more}", hint=add)
     if value is None and kind.endswith(("_type", "_parsing")):
         return loader.error(loc, f"has no value{more}", hint="give it a value, or remove the line to get the default")
     got = f" (got {_short(value)})" if _is_scalar(value) else ""
-    hint = None
+    hint: str | None = None
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         if len(loc) == 2 and loc[0] == "databases":
             message = f"expected the settings of database `{loc[1]}` (a mapping), found {_a(_kind(value))}"
@@ -1155,21 +1157,6 @@ def _urls_in(data: dict[Any, Any]) -> list[Any]:
                 if isinstance(tenants, dict):
                     urls.append(tenants.get("query_url"))
     return urls
-
-
-def _unparsed_password(url: str) -> str | None:
-    """What stands between ``://user:`` and the last ``@`` of ``url``: the password, as a
-    person meant it, even where the URL does not parse (a password holding ``@``)."""
-    scheme = url.find("://")
-    if scheme < 0:
-        return None
-    rest = url[scheme + 3 :]
-    user = re.match(r"[^:/]*", rest)
-    colon = user.end() if user else 0
-    if colon >= len(rest) or rest[colon] != ":":
-        return None
-    at = rest.rfind("@")
-    return rest[colon + 1 : at] if at > colon else None
 
 
 def _loc(err: Any) -> Path_:
@@ -1382,7 +1369,7 @@ def _resolve_url(loader: _Loader, path: Path_, url: str, root: Path) -> str:
             path, "the URL holds a control character (newline, NUL, ...)", hint="remove it (check the variable's value)"
         )
     hint = "write it as dialect+driver://user:password@host:port/dbname, or sqlite:///file.db"
-    unparsed = _unparsed_password(url)
+    unparsed = unparsed_password(url)
     if unparsed is not None and "@" in unparsed:
         raise loader.error(
             path,
@@ -1500,7 +1487,11 @@ def _resolve_tenants(loader: _Loader, path: Path_, raw: RawTenants, url: str, ro
     if raw.names is not None:
         checker = _TenantChecker(loader, backend, raw.pattern)
         for index, name in enumerate(raw.names):
-            checker.check(name, lambda m, h, i=index: loader.error(path + ("names", i), m, h))
+
+            def fail(message: str, hint: str | None, index: int = index) -> ConfigError:
+                return loader.error(path + ("names", index), message, hint)
+
+            checker.check(name, fail)
         checker.finish()
         names = tuple(raw.names)
         first: dict[str, int] = {}
@@ -1601,7 +1592,9 @@ def tenant_name_problem_text(
     if len(name) > _TENANT_NAME_CAP:
         return f"tenant name {shown} is longer than {_TENANT_NAME_CAP} characters"
     if dialect_problem is None:
-        from orchestrator.dialects import tenant_name_problem as dialect_problem
+        from orchestrator.dialects import tenant_name_problem
+
+        dialect_problem = tenant_name_problem
     problem = dialect_problem(backend, name)
     if not problem:
         return None
@@ -1804,11 +1797,43 @@ def _version_table_places(db: DatabaseConfig) -> list[tuple[Any, ...]]:
     from orchestrator.targets import make_target
 
     tenants = db.tenants
-    if tenants is not None and tenants.names is None:
+    if tenants is None:
+        place = version_table_place(db.url, None, db.version_table)
+        return [] if place is None else [place]
+    if not tenants.names:
         return []
-    targets = [make_target(db, name) for name in tenants.names] if tenants is not None else [make_target(db)]
+    # A large fleet: derive each tenant's place from the URL (one parse, one realpath),
+    # as long as that derivation agrees with make_target on the first tenant.
+    derive = _tenant_place_deriver(db)
+    first = make_target(db, tenants.names[0])
+    if derive is not None and derive(tenants.names[0]) == version_table_place(first.url, first.schema, db.version_table):
+        return [derive(name) for name in tenants.names]
+    targets = [make_target(db, name) for name in tenants.names]
     places = [version_table_place(t.url, t.schema, db.version_table) for t in targets]
     return [p for p in places if p is not None]
+
+
+def _tenant_place_deriver(db: DatabaseConfig) -> Callable[[str], tuple[Any, ...]] | None:
+    tenants = db.tenants
+    assert tenants is not None
+    parsed = parse_url(db.url)
+    backend = _server_backend(parsed.get_backend_name())
+    table = db.version_table
+    if backend == "sqlite":
+        template = parsed.database or ""
+        at = template.find(TENANT_PLACEHOLDER)
+        if tenants.mode != "database" or at < 0:
+            return None
+        cut = template.rfind("/", 0, at) + 1
+        folder, rest = os.path.realpath(template[:cut] or "."), template[cut:]
+        return lambda name: (backend, os.path.normpath(f"{folder}/{rest.replace(TENANT_PLACEHOLDER, name)}"), None, table)
+    server = (backend, (parsed.host or "localhost").lower(), parsed.port or _DEFAULT_PORTS.get(backend))
+    if tenants.mode == "database":
+        template = parsed.database or ""
+        return lambda name: (*server, template.replace(TENANT_PLACEHOLDER, name), None, table)
+    if backend == "postgresql":
+        return lambda name: (*server, parsed.database, name, table)
+    return lambda name: (*server, name, None, table)
 
 
 def _check_version_tables(loader: _Loader, databases: dict[str, DatabaseConfig]) -> None:

@@ -42,6 +42,9 @@ def mask_url(url: str | URL) -> str:
     """Render a URL with its password replaced by ***."""
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
+    if "@" in (unparsed_password(url) or ""):
+        # It may parse, but at the wrong '@': part of the password would show as the host.
+        return mask_unparsed_url(url)
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL: hide what could be a password
@@ -53,6 +56,24 @@ def mask_unparsed_url(url: str) -> str:
     and its last ``@`` (a password may hold spaces, ``@``, ``/``, ``#``...), then mask the
     rest as free text."""
     return mask_text(_mask_url_passwords(str(url), whole=True))
+
+
+def unparsed_password(url: str) -> str | None:
+    """What stands between ``://user:`` and the last ``@`` of ``url``: the password as a
+    person meant it, even where the URL does not parse (a password holding ``@``); None
+    when there is no ``user:...@``."""
+    scheme = url.find("://")
+    if scheme < 0:
+        return None
+    start = scheme + 3
+    colon = start
+    n = len(url)
+    while colon < n and url[colon] not in ":/":
+        colon += 1
+    if colon >= n or url[colon] != ":":
+        return None
+    at = url.rfind("@", colon + 1)
+    return url[colon + 1 : at] if at > colon else None
 
 
 # Passwords of every URL the activated configurations hold; mask_text hides them wherever
@@ -71,11 +92,16 @@ def password_forms(password: str) -> set[str]:
 
 def secrets_of(url: str | URL) -> set[str]:
     """Every form of the password of ``url`` (empty when there is none or it does not parse)."""
+    found: set[str] = set()
+    if isinstance(url, str):
+        unparsed = unparsed_password(url)
+        if unparsed:
+            found |= password_forms(unparsed)
     try:
         password = (url if isinstance(url, URL) else make_url(url)).password
     except Exception:  # noqa: BLE001 - not a URL: no password to know
-        return set()
-    return password_forms(str(password)) if password else set()
+        return found
+    return found | password_forms(str(password)) if password else found
 
 
 def register_secret(url: str | URL | None = None, *, password: str | None = None) -> None:
