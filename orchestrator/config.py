@@ -1643,7 +1643,7 @@ def _first_mismatch_with_alarm(regex: re.Pattern[str], names: Sequence[str], bud
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 _CHILD = """

@@ -52,28 +52,41 @@ def mask_url(url: str | URL) -> str:
 
 
 def mask_unparsed_url(url: str) -> str:
-    """``url`` is meant as one URL but may not parse: hide everything between ``://user:``
+    """``url`` is meant as one URL but may not parse: hide everything between ``user:``
     and its last ``@`` (a password may hold spaces, ``@``, ``/``, ``#``...), then mask the
     rest as free text."""
-    return mask_text(_mask_url_passwords(str(url), whole=True))
+    url = str(url)
+    span = _password_span(url)
+    if span is not None:
+        url = url[: span[0]] + MASK + url[span[1] :]
+    return mask_text(url)
 
 
 def unparsed_password(url: str) -> str | None:
-    """What stands between ``://user:`` and the last ``@`` of ``url``: the password as a
-    person meant it, even where the URL does not parse (a password holding ``@``); None
-    when there is no ``user:...@``."""
-    scheme = url.find("://")
-    if scheme < 0:
+    """What stands between ``user:`` and the last ``@`` of ``url``: the password as a
+    person meant it, even where the URL does not parse (a password holding ``@``, a
+    mangled scheme); None when there is no ``user:...@``."""
+    span = _password_span(url)
+    return url[span[0] : span[1]] if span else None
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    at = url.rfind("@")
+    if at < 0:
         return None
-    start = scheme + 3
-    colon = start
-    n = len(url)
-    while colon < n and url[colon] not in ":/":
-        colon += 1
-    if colon >= n or url[colon] != ":":
+    scheme = url.find("://", 0, at)
+    if scheme >= 0:
+        start = scheme + 3
+        colon = start
+        while colon < at and url[colon] not in ":/":
+            colon += 1
+        if colon < at and url[colon] == ":":
+            return colon + 1, at
         return None
-    at = url.rfind("@", colon + 1)
-    return url[colon + 1 : at] if at > colon else None
+    # No scheme://: the user name starts after the last "//" (or at the start).
+    slashes = url.rfind("//", 0, at)
+    colon = url.find(":", slashes + 2 if slashes >= 0 else 0, at)
+    return (colon + 1, at) if colon >= 0 else None
 
 
 # Passwords of every URL the activated configurations hold; mask_text hides them wherever

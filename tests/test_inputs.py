@@ -931,6 +931,21 @@ def test_masking_an_unparseable_url() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "password"),
+    [
+        ("postgresql+psycopg:x//app:s3cretpw@h/app", "s3cretpw"),  # a mangled scheme
+        ("mysql+pymysql:r3aderpw@h/x", "r3aderpw"),
+        ("postgresql://app:Qx9@Zr7@h/db", "Qx9@Zr7"),  # parses, at the wrong '@'
+    ],
+)
+def test_a_mangled_url_in_the_file_never_shows_its_password(tmp_path: Path, url: str, password: str) -> None:
+    path = write(tmp_path, one_database(url=url))
+    err = rejected(path, 3)
+    assert password not in str(err)
+    assert urls.unparsed_password(url) == password
+
+
 def test_mask_text_with_extra_secrets() -> None:
     assert urls.mask_text("value abc-secret here", ["abc-secret"]) == "value *** here"
     assert urls.mask_text("ab here", ["ab"]) == "ab here"  # too short to mask safely
