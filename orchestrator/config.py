@@ -1022,16 +1022,21 @@ def _check_events(loader: _Loader, events: Iterable[Any]) -> None:
             top[0] += size
             top[1] = max(top[1], height)
 
+    scalar_event, max_string, max_nodes = yaml.ScalarEvent, bounds.string, bounds.yaml_nodes
     for event in events:
         kind = type(event)
-        if kind is yaml.ScalarEvent:
-            if len(event.value) > bounds.string:
+        if kind is scalar_event:  # most events: kept short
+            if len(event.value) > max_string:
                 raise loader.bound_error(
                     f"{loader.path}:{event.start_mark.line + 1}",
                     f"a string of {len(event.value)} characters (at most {bounds.string})",
                     "string",
                 )
-            add(1, 0, event)
+            total += 1
+            if total > max_nodes:
+                add(0, 0, event)  # says so
+            if stack:
+                stack[-1][0] += 1
             if event.anchor is not None:
                 anchors[event.anchor] = (1, 0)
         elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
