@@ -1,43 +1,38 @@
-"""The Python API: migrate from application code, sync or async.
+"""The Python API: the CLI's commands for application code, sync and async.
 
     import orchestrator
 
-    outcome = orchestrator.upgrade(config_path="orchestrate.yaml", all_=True)       # plain code, a thread
-    outcome = await orchestrator.upgrade_async(config_path="orchestrate.yaml", all_=True)  # async code
+    outcome = orchestrator.upgrade("orchestrate.yaml", all_=True, parallel=4, report="run.json")
+    outcome = await orchestrator.upgrade_async("orchestrate.yaml", all_=True)     # in async code
 
-Both run the same work as ``orchestrate upgrade``: every target under its migration lock,
-with its timeouts, in ``depends_on`` order, and both return the run's
-:class:`~orchestrator.executor.Outcome` (one :class:`~orchestrator.results.TargetResult`
-per target). With ``check=True`` (the default) a run that did not fully succeed raises
-:class:`MigrationFailed`, so that an application does not start on half-migrated databases.
+Every function goes through :mod:`orchestrator.commands`, exactly as ``orchestrate`` does.
+The first positional argument is the config path (default: ``$ORCHESTRATE_CONFIG``, else
+``./orchestrate.yaml``). ``upgrade``/``downgrade``/``stamp`` take the fleet options
+``parallel``, ``tenants``, ``shard``, ``fail_fast`` and ``report`` and return the run's
+:class:`~orchestrator.results.Outcome`; with ``check=True`` (the default) a run that did
+not fully succeed raises :class:`MigrationFailed`, so an application does not start on
+half-migrated databases. ``current``/``status``/``check`` return an Outcome too.
 
-Event loops: the sync :func:`upgrade` blocks until every target is done, so it refuses to
-run on a thread whose event loop is running (it would freeze that loop; async drivers
-could not even run there). :func:`upgrade_async` runs the same sync work in a worker
-thread (``asyncio.to_thread``), so the loop keeps serving while databases migrate; async
-drivers (``postgresql+psycopg_async://``, ``sqlite+aiosqlite://``) run on a private loop in
-that thread, through the same env.py.
-
-Alembic keeps module-level state while it runs (``alembic.context``, ``alembic.op``), so
-calls from several threads of one process are serialised here: they wait their turn.
+Event loops: the sync functions block until every target is done, so they refuse to run
+on a thread whose event loop is running. The ``*_async`` twins do ALL the work (imports,
+loading the config, migrating) in a worker thread, so the caller's loop never stalls;
+async drivers run on a private loop in that thread. Alembic keeps module-level state
+while it runs, so calls from several threads of one process take turns.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from orchestrator.config import load_project
 from orchestrator.errors import OrchestrateError
-from orchestrator.executor import Outcome, run_serial
-from orchestrator.plan import select
-from orchestrator.results import Status, TargetResult
-from orchestrator.runner import Runner
-from orchestrator.targets import Target
-from orchestrator.urls import mask_text
 
+if TYPE_CHECKING:
+    from orchestrator.results import Outcome
+
+T = TypeVar("T")
 #: One Alembic run at a time per process (its proxies are module globals).
 _ALEMBIC = threading.Lock()
 
@@ -46,7 +41,9 @@ class MigrationFailed(OrchestrateError):
     """A run did not fully succeed; ``outcome`` holds every target's result."""
 
     def __init__(self, outcome: Outcome) -> None:
-        bad = [r for r in outcome.results if r.status.is_failure or r.status in (Status.SKIPPED, Status.NOT_RUN)]
+        from orchestrator.urls import mask_text
+
+        bad = [r for r in outcome.results if not r.status.succeeded]
         head = f"{len(bad)} of {len(outcome.results)} targets did not succeed"
         if outcome.interrupted:
             head += " (the run was interrupted)"
@@ -73,44 +70,44 @@ def _refuse_on_running_loop(what: str) -> None:
     )
 
 
-def upgrade(
-    config_path: str | Path | None = None,
-    names: str | Iterable[str] = (),
-    all_: bool = False,
-    revision: str = "heads",
-    *,
-    tenants: Iterable[str] = (),
-    check: bool = True,
-) -> Outcome:
-    """Upgrade the selected databases (``names``, or ``all_``) to ``revision``.
+def _run(command: str, config_path: str | Path | None, names: str | Iterable[str], all_: bool,
+         tenants: Iterable[str], shard: str | None, parallel: int | None, fail_fast: bool,
+         report: str | Path | None, check: bool, cancelled: threading.Event | None, args: tuple[Any, ...]) -> Outcome:
+    """The work of every changing command, on whatever thread calls it."""
+    from orchestrator import commands
+    from orchestrator.config import load_project
 
-    ``config_path`` defaults to ``$ORCHESTRATE_CONFIG`` or ``./orchestrate.yaml``. Raises
-    :class:`MigrationFailed` when a target failed, was skipped or not run (unless
-    ``check=False``), and OrchestrateError for configuration or selection errors. Must not
-    be called on a thread whose event loop is running: use :func:`upgrade_async` there.
-    """
-    _refuse_on_running_loop("upgrade")
-    return _upgrade(config_path, _names(names), all_, revision, tuple(tenants), check, None)
+    project = load_project(config_path)
+    selection = commands.Selection(_names(names), all_, tuple(tenants), None, shard)
+    options = commands.RunOptions(parallel=parallel, fail_fast=fail_fast,
+                                  report_path=Path(report) if report else None, cancelled=cancelled)
+    with _ALEMBIC:
+        outcome = getattr(commands, command)(project, selection, options, *args).outcome
+    if cancelled is not None and cancelled.is_set():
+        outcome.interrupted = True
+    if check and not outcome.ok:
+        raise MigrationFailed(outcome)
+    return outcome
 
 
-async def upgrade_async(
-    config_path: str | Path | None = None,
-    names: str | Iterable[str] = (),
-    all_: bool = False,
-    revision: str = "heads",
-    *,
-    tenants: Iterable[str] = (),
-    check: bool = True,
-) -> Outcome:
-    """:func:`upgrade` for async code: the work runs in a worker thread, the loop runs on.
+def _read(command: str, config_path: str | Path | None, names: str | Iterable[str], tenants: Iterable[str],
+          check: bool) -> Outcome:
+    from orchestrator import commands
+    from orchestrator.config import load_project
 
-    If the awaiting task is cancelled, no further target starts; the target being migrated
-    finishes (or fails) first, so that its connections and migration lock are released
-    before the cancellation goes on.
-    """
+    project = load_project(config_path)
+    with _ALEMBIC:
+        outcome: Outcome = getattr(commands, command)(project, commands.Selection(_names(names), False, tuple(tenants)))
+    if check and not outcome.ok:
+        raise MigrationFailed(outcome)
+    return outcome
+
+
+async def _off_the_loop(work: Callable[[threading.Event], T]) -> T:
+    """Run ``work`` in a worker thread; if the awaiting task is cancelled, no further target
+    starts and the running one finishes first (its connections and lock are released)."""
     cancel = threading.Event()
-    work = functools.partial(_upgrade, config_path, _names(names), all_, revision, tuple(tenants), check, cancel)
-    running = asyncio.ensure_future(asyncio.to_thread(work))
+    running = asyncio.ensure_future(asyncio.to_thread(work, cancel))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -123,55 +120,71 @@ async def upgrade_async(
         raise
 
 
-def current(config_path: str | Path | None = None, names: str | Iterable[str] = ()) -> list[TargetResult]:
-    """Where each selected target is (default: every database): ``after`` is its revisions,
-    ``data["head"]`` the heads of its versions folder, ``data["pending"]`` how many it lags."""
-    _refuse_on_running_loop("current")
-    return _current(config_path, _names(names))
+def _changing(command: str, doc: str) -> tuple[Callable[..., Outcome], Callable[..., Any]]:
+    """The sync function of a changing command and its async twin, from one signature."""
+
+    def sync(config_path: str | Path | None = None, names: str | Iterable[str] = (), all_: bool = False,
+             *args: Any, tenants: Iterable[str] = (), shard: str | None = None, parallel: int | None = None,
+             fail_fast: bool = False, report: str | Path | None = None, check: bool = True, **kw: Any) -> Outcome:
+        _refuse_on_running_loop(command)
+        return _run(command, config_path, names, all_, tenants, shard, parallel, fail_fast, report, check, None,
+                    _arguments(command, args, kw))
+
+    async def asynchronous(config_path: str | Path | None = None, names: str | Iterable[str] = (),
+                           all_: bool = False, *args: Any, tenants: Iterable[str] = (), shard: str | None = None,
+                           parallel: int | None = None, fail_fast: bool = False, report: str | Path | None = None,
+                           check: bool = True, **kw: Any) -> Outcome:
+        tenants = tuple(tenants)
+        arguments = _arguments(command, args, kw)
+        return await _off_the_loop(
+            lambda cancel: _run(command, config_path, names, all_, tenants, shard, parallel, fail_fast, report,
+                                check, cancel, arguments))
+
+    sync.__name__, sync.__qualname__, sync.__doc__ = command, command, doc
+    asynchronous.__name__ = asynchronous.__qualname__ = f"{command}_async"
+    asynchronous.__doc__ = f":func:`{command}` for async code: the work runs in a worker thread, the loop runs on."
+    return sync, asynchronous
 
 
-async def current_async(config_path: str | Path | None = None, names: str | Iterable[str] = ()) -> list[TargetResult]:
-    """:func:`current` for async code (reads in a worker thread)."""
-    return await asyncio.to_thread(_current, config_path, _names(names))
+def _arguments(command: str, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[Any, ...]:
+    """The command's own arguments: ``revision`` (and ``purge`` for stamp)."""
+    revision = kw.pop("revision", args[0] if args else ("heads" if command == "upgrade" else None))
+    if revision is None:
+        raise OrchestrateError(f"orchestrator.{command}() needs a revision, e.g. revision=\"base\"")
+    extra = (bool(kw.pop("purge", args[1] if len(args) > 1 else False)),) if command == "stamp" else ()
+    if kw:
+        raise TypeError(f"orchestrator.{command}() got unexpected keyword arguments: {', '.join(kw)}")
+    return (revision, *extra)
 
 
-# ---------------------------------------------------------------------- the work, on any thread
+def _reading(command: str, doc: str, check_default: bool) -> tuple[Callable[..., Outcome], Callable[..., Any]]:
+    def sync(config_path: str | Path | None = None, names: str | Iterable[str] = (), *,
+             tenants: Iterable[str] = (), check: bool = check_default) -> Outcome:
+        _refuse_on_running_loop(command)
+        return _read(command, config_path, names, tenants, check)
+
+    async def asynchronous(config_path: str | Path | None = None, names: str | Iterable[str] = (), *,
+                           tenants: Iterable[str] = (), check: bool = check_default) -> Outcome:
+        tenants = tuple(tenants)
+        return await _off_the_loop(lambda _cancel: _read(command, config_path, names, tenants, check))
+
+    sync.__name__, sync.__qualname__, sync.__doc__ = command, command, doc
+    asynchronous.__name__ = asynchronous.__qualname__ = f"{command}_async"
+    asynchronous.__doc__ = f":func:`{command}` for async code (reads in a worker thread)."
+    return sync, asynchronous
 
 
-def _upgrade(
-    config_path: str | Path | None,
-    names: tuple[str, ...],
-    all_: bool,
-    revision: str,
-    tenants: tuple[str, ...],
-    check: bool,
-    cancel: threading.Event | None,
-) -> Outcome:
-    project = load_project(config_path)
-    plan = select(project, names, all_=all_, tenants=tenants)
-    with Runner(project) as runner:
+upgrade, upgrade_async = _changing(
+    "upgrade", "Upgrade the selected databases (``names``, or ``all_``) to ``revision`` (default heads).")
+downgrade, downgrade_async = _changing("downgrade", "Downgrade the selected databases to ``revision``.")
+stamp, stamp_async = _changing("stamp", "Record ``revision`` in the version tables (``purge=True`` empties them first).")
+current, current_async = _reading(
+    "current", "Where each selected target stands: ``after`` its revisions, ``head``, ``pending``.", False)
+status, status_async = _reading("status", "Like :func:`current` (fleets read in bulk).", False)
+check, check_async = _reading(
+    "check", "Compare models and databases; raises MigrationFailed on differences unless check=False.", True)
 
-        def operation(target: Target) -> TargetResult:
-            if cancel is not None and cancel.is_set():
-                return TargetResult.for_target(
-                    target, Status.NOT_RUN, error=f"{target.name}: not run: the caller was cancelled"
-                )
-            return runner.upgrade(target, revision)
-
-        with _ALEMBIC:
-            outcome = run_serial(plan, operation)
-    if cancel is not None and cancel.is_set():
-        outcome.interrupted = True
-    if check and not outcome.ok:
-        raise MigrationFailed(outcome)
-    return outcome
-
-
-def _current(config_path: str | Path | None, names: tuple[str, ...]) -> list[TargetResult]:
-    project = load_project(config_path)
-    plan = select(project, names, all_if_none=True)
-    with Runner(project) as runner, _ALEMBIC:
-        return [runner.current(target) for target in plan.targets]
-
-
-__all__ = ["MigrationFailed", "current", "current_async", "upgrade", "upgrade_async"]
+__all__ = [
+    "MigrationFailed", "check", "check_async", "current", "current_async", "downgrade", "downgrade_async",
+    "stamp", "stamp_async", "status", "status_async", "upgrade", "upgrade_async",
+]

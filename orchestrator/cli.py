@@ -5,6 +5,7 @@ configuration error; 130 interrupted.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -18,16 +19,13 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator import plan as planning
-from orchestrator import report
+from orchestrator import commands, report
+from orchestrator.commands import RunOptions, Selection
 from orchestrator.config import CONFIG_FILENAME, Project, load_project
-from orchestrator.dialects import dialect_for
 from orchestrator.errors import OrchestrateError, SelectionError
-from orchestrator.executor import Operation, Outcome, execute, run_serial
-from orchestrator.results import Status, TargetResult
-from orchestrator.runner import Runner
-from orchestrator.scaffold import Action, init as scaffold_init
-from orchestrator.targets import Target, targets_of
+from orchestrator.results import Outcome, Status, TargetResult
+from orchestrator.scaffold import Action
+from orchestrator.scaffold import init as scaffold_init
 from orchestrator.urls import mask_text
 
 EXIT_FAILED = 1
@@ -41,19 +39,12 @@ class State:
     out: Console = field(default_factory=lambda: _console(stderr=False))
     err: Console = field(default_factory=lambda: _console(stderr=True))
     _project: Project | None = None
-    _runner: Runner | None = None
 
     @property
     def project(self) -> Project:
         if self._project is None:
             self._project = load_project(self.config_path)
         return self._project
-
-    @property
-    def runner(self) -> Runner:
-        if self._runner is None:
-            self._runner = Runner(self.project)
-        return self._runner
 
 
 def _console(stderr: bool) -> Console:
@@ -68,17 +59,16 @@ class OrchestrateGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            try:
-                return super().invoke(ctx)
-            finally:
-                if isinstance(ctx.obj, State) and ctx.obj._runner is not None:
-                    ctx.obj._runner.close()
+            return super().invoke(ctx)
         except OrchestrateError as exc:
             _print_error(ctx, exc.message, exc.hint)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             _print_error(ctx, "interrupted", None)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `orchestrate ... | head`: the reader left; nothing more to say
+            _quiet_stdout()
+            ctx.exit(EXIT_FAILED)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
@@ -115,28 +105,6 @@ def cli(ctx: click.Context, config_path: Path, debug: bool) -> None:
     ctx.obj = State(config_path=config_path, debug=debug)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What -n/--all/--tenant/--tenants-from/--shard ask for."""
-
-    names: tuple[str, ...] = ()
-    all_: bool = False
-    tenants: tuple[str, ...] = ()
-    tenants_from: Path | None = None
-    shard: str | None = None
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a changing command runs: workers, failures, reports."""
-
-    parallel: int | None = None
-    fail_fast: bool = False
-    report_path: Path | None = None
-    retry_failed: Path | None = None
-    as_json: bool = False
-
-
 def selection(func: Callable[..., Any]) -> Callable[..., Any]:
     """-n NAME / --all, and the tenant narrowing options, gathered into ``selection``."""
 
@@ -165,7 +133,8 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, parallel: int | None, fail_fast: bool, report_path: Path | None,
                 retry_failed: Path | None, as_json: bool, **kwargs: Any) -> Any:
-        return func(*args, run=RunOptions(parallel, fail_fast, report_path, retry_failed, as_json), **kwargs)
+        kwargs["selection"] = dataclasses.replace(kwargs["selection"], retry_failed=retry_failed)
+        return func(*args, run=Run(parallel, fail_fast, report_path, as_json), **kwargs)
 
     for option in reversed([
         click.option("--parallel", "-p", type=click.IntRange(1, 256), metavar="N",
@@ -181,25 +150,14 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _plan(
-    state: State, sel: Selection, reverse: bool = False, all_if_none: bool = False, retry: Path | None = None
-) -> planning.Plan:
-    tenants = list(sel.tenants)
-    if sel.tenants_from:
-        tenants += planning.read_tenants_file(sel.tenants_from)
-        if not tenants:
-            raise SelectionError(f"--tenants-from {sel.tenants_from}: the file lists no tenant")
-    only = report.failed_targets(retry, state.project) if retry else None
-    return planning.select(
-        state.project,
-        sel.names,
-        sel.all_,
-        reverse=reverse,
-        all_if_none=all_if_none,
-        tenants=tuple(tenants),
-        shard=planning.parse_shard(sel.shard) if sel.shard else None,
-        only=only,
-    )
+@dataclass(frozen=True)
+class Run:
+    """What the run options of a changing command asked for on the command line."""
+
+    parallel: int | None = None
+    fail_fast: bool = False
+    report_path: Path | None = None
+    as_json: bool = False
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -208,6 +166,21 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+def _emit_document(state: State, command: str, outcome: Outcome) -> None:
+    _emit_json(report.document(command, outcome, state.project.path))
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's last flush is silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 # ---------------------------------------------------------------------- init
@@ -233,39 +206,27 @@ def init(state: State, force: bool) -> None:
 # ---------------------------------------------------------------------- migrations
 
 
-def _run(
-    state: State,
-    command: str,
-    plan: planning.Plan,
-    operation: Operation,
-    run: RunOptions,
-    respect_dependencies: bool = True,
-) -> Outcome:
-    """Run a changing command over the plan: progress for people, report for machines."""
-    started = datetime.now(timezone.utc)
-    parallel = run.parallel or state.project.execution.parallel
-    with report.Live(state.out, len(plan.targets), quiet=run.as_json) as live:
-        outcome = execute(
-            plan,
-            operation,
-            state.runner,
-            parallel=min(parallel, max(1, len(plan.targets))),
-            config_path=state.project.path,
-            on_result=live.on_result,
-            on_stop=live.on_stop,
-            respect_dependencies=respect_dependencies,
-            fail_fast=run.fail_fast,
-        )
-    data = report.report_json(command, outcome, state.project.path, started)
-    if run.report_path:
-        report.write_json(run.report_path, data)
+def _run(ctx: click.Context, command: str, run: Run, call: Callable[[RunOptions], commands.RunResult]) -> None:
+    """Run a changing command: progress for people, the report document for machines."""
+    state: State = ctx.obj
+    if run.report_path is not None:
+        report.check_writable(run.report_path)
+    with report.Live(state.out, 0, quiet=run.as_json) as live:
+        options = RunOptions(parallel=run.parallel, fail_fast=run.fail_fast, report_path=run.report_path,
+                             on_result=live.on_result, on_stop=live.on_stop, on_plan=live.start)
+        result = call(options)
+    outcome = result.outcome
     if run.as_json:
-        _emit_json(data)
+        _emit_json(result.document)
     else:
         report.print_summary(state.out, outcome)
+        if state.debug:
+            for r in outcome.results:
+                if r.traceback:
+                    sys.stderr.write(f"--- {r.target}\n{r.traceback}")
         if run.report_path and not outcome.ok:
             state.out.print(Text(f"hint: rerun what did not succeed with --retry-failed {run.report_path}", style="cyan"))
-    return outcome
+    _exit_for(ctx, outcome)
 
 
 def _exit_for(ctx: click.Context, outcome: Outcome) -> None:
@@ -275,20 +236,22 @@ def _exit_for(ctx: click.Context, outcome: Outcome) -> None:
         ctx.exit(EXIT_FAILED)
 
 
-def _offline(state: State, plan: planning.Plan, revision: str, upgrade: bool) -> None:
-    """--sql: one SQL script per database, each headed by its name, on stdout."""
-    failed = False
-    for target in plan.targets:
-        sys.stdout.write(f"-- orchestrate: {target.name} ({target.display_url})\n")
-        sys.stdout.write(dialect_for(target).offline_preamble(target))
-        sys.stdout.flush()
-        result = state.runner.sql(target, revision, upgrade, sys.stdout)
-        if result.status is Status.FAILED:
-            failed = True
+def _offline(ctx: click.Context, selection: Selection, run: Run, revision: str, upgrading: bool) -> None:
+    """--sql: one SQL script per target, each headed by its name, on stdout."""
+    state: State = ctx.obj
+    refused = [flag for flag, given in (("--json", run.as_json), ("--report", run.report_path),
+                                        ("--parallel", run.parallel), ("--fail-fast", run.fail_fast)) if given]
+    if refused:
+        raise SelectionError(f"--sql writes SQL to standard output; it does not go with {', '.join(refused)}",
+                             hint="drop those options, or drop --sql to run the migration")
+
+    def shown(result: TargetResult) -> None:
+        if result.status in (Status.FAILED, Status.SKIPPED):
             report.print_result(state.err, result)
-        sys.stdout.write("\n")
-    if failed:
-        raise click.exceptions.Exit(EXIT_FAILED)
+
+    outcome = commands.sql(state.project, selection, revision, upgrading, sys.stdout, on_result=shown)
+    if not all(r.status is Status.OK for r in outcome.results):
+        ctx.exit(EXIT_FAILED)
 
 
 @cli.command()
@@ -297,13 +260,13 @@ def _offline(state: State, plan: planning.Plan, revision: str, upgrade: bool) ->
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline; REV may be FROM:TO).")
 @run_options
 @click.pass_context
-def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: RunOptions) -> None:
+def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: Run) -> None:
     """Upgrade databases (and their tenants) to REVISION (default: heads), dependencies first."""
-    state: State = ctx.obj
-    plan = _plan(state, selection, retry=run.retry_failed)
+    _refuse_option_like(revision)
     if sql:
-        return _offline(state, plan, revision, upgrade=True)
-    _exit_for(ctx, _run(state, "upgrade", plan, Operation("upgrade", (revision,)), run))
+        return _offline(ctx, selection, run, revision, upgrading=True)
+    project = ctx.obj.project
+    _run(ctx, "upgrade", run, lambda options: commands.upgrade(project, selection, options, revision))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # so that `downgrade -1` is a revision
@@ -312,13 +275,13 @@ def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, 
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV must be FROM:TO).")
 @run_options
 @click.pass_context
-def downgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: RunOptions) -> None:
+def downgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: Run) -> None:
     """Downgrade databases to REVISION (e.g. -1, base), dependents first."""
-    state: State = ctx.obj
-    plan = _plan(state, selection, reverse=True, retry=run.retry_failed)
+    _refuse_option_like(revision, relative_ok=True)
     if sql:
-        return _offline(state, plan, revision, upgrade=False)
-    _exit_for(ctx, _run(state, "downgrade", plan, Operation("downgrade", (revision,)), run))
+        return _offline(ctx, selection, run, revision, upgrading=False)
+    project = ctx.obj.project
+    _run(ctx, "downgrade", run, lambda options: commands.downgrade(project, selection, options, revision))
 
 
 @cli.command()
@@ -327,31 +290,21 @@ def downgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool
 @click.option("--purge", is_flag=True, help="Empty the version table first.")
 @run_options
 @click.pass_context
-def stamp(ctx: click.Context, revision: str, selection: Selection, purge: bool, run: RunOptions) -> None:
+def stamp(ctx: click.Context, revision: str, selection: Selection, purge: bool, run: Run) -> None:
     """Record REVISION in the version table without running migrations."""
-    state: State = ctx.obj
-    plan = _plan(state, selection, retry=run.retry_failed)
-    operation = Operation("stamp", (revision, purge))
-    _exit_for(ctx, _run(state, "stamp", plan, operation, run, respect_dependencies=False))
+    _refuse_option_like(revision)
+    project = ctx.obj.project
+    _run(ctx, "stamp", run, lambda options: commands.stamp(project, selection, options, revision, purge))
+
+
+def _refuse_option_like(revision: str, relative_ok: bool = False) -> None:
+    """An unknown option is never taken as a revision (``downgrade --bad-opt``)."""
+    if revision.startswith("-") and not (relative_ok and revision[1:].isdigit()):
+        raise click.UsageError(f"no such option: {revision}" if revision.startswith("--") or not relative_ok
+                               else f"{revision!r} is neither an option nor a relative revision like -1")
 
 
 # ---------------------------------------------------------------------- reading
-
-
-def _read_all(state: State, plan: planning.Plan) -> list[TargetResult]:
-    results: list[TargetResult] = []
-    for database in plan.databases:
-        targets = [t for t in plan.targets if t.database.name == database.name]
-        results.extend(state.runner.read_versions(database, targets))
-    return results
-
-
-def _versions_json(results: list[TargetResult]) -> list[dict[str, Any]]:
-    return [
-        {"target": r.target, "database": r.database, "tenant": r.tenant, "url": r.url, "current": r.after,
-         "head": r.data.get("head", []), "pending": r.data.get("pending"), "error": r.error}
-        for r in results
-    ]
 
 
 @cli.command()
@@ -361,26 +314,24 @@ def _versions_json(results: list[TargetResult]) -> list[dict[str, Any]]:
 def current(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     """Show the revision each target is at."""
     state: State = ctx.obj
-    results = _read_all(state, _plan(state, selection, all_if_none=True))
+    outcome = commands.current(state.project, selection)
     if as_json:
-        _emit_json(_versions_json(results))
+        _emit_document(state, "current", outcome)
     else:
-        for r in results:
-            if r.status is Status.FAILED:
+        for r in outcome.results:
+            if not r.status.succeeded:
                 report.print_result(state.out, r)
                 continue
-            at_head = r.after == r.data.get("head")
+            at_head = r.after == r.head
             line = Text(f"{r.target:<24} ", style="bold")
             line.append(report.revisions(r.after))
-            line.append(" (head)" if at_head else f" ({r.data.get('pending', 0)} behind)",
-                        style="green" if at_head else "yellow")
+            line.append(" (head)" if at_head else f" ({r.pending} behind)", style="green" if at_head else "yellow")
             state.out.print(line)
-            if r.data.get("unversioned_tables"):
+            if r.unversioned_tables:
                 state.out.print(Text(
-                    f"    hint: tables {', '.join(r.data['unversioned_tables'])} exist without a version table; "
+                    f"    hint: tables {', '.join(r.unversioned_tables)} exist without a version table; "
                     f"if they match the models, run `orchestrate stamp -n {r.database} head`", style="cyan"))
-    if any(r.status is Status.FAILED for r in results):
-        ctx.exit(EXIT_FAILED)
+    _exit_for(ctx, outcome)
 
 
 @cli.command()
@@ -394,14 +345,12 @@ def status(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     --json lists every target.
     """
     state: State = ctx.obj
-    plan = _plan(state, selection, all_if_none=True)
-    results = _read_all(state, plan)
+    outcome = commands.status(state.project, selection)
     if as_json:
-        _emit_json(_versions_json(results))
+        _emit_document(state, "status", outcome)
     else:
-        report.print_status(state.out, plan, results)
-    if any(r.status is Status.FAILED for r in results):
-        ctx.exit(EXIT_FAILED)
+        report.print_status(state.out, state.project, outcome.results)
+    _exit_for(ctx, outcome)
 
 
 def databases_only(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -414,51 +363,49 @@ def databases_only(func: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @databases_only
 @json_option
-@click.pass_obj
-def heads(state: State, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
+@click.pass_context
+def heads(ctx: click.Context, names: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Show the head revision(s) of each database's versions folder."""
-    plan = planning.select(state.project, names, all_, all_if_none=True)
-    data = {db.name: sorted(state.runner.script(db).get_heads()) for db in plan.databases}
+    state: State = ctx.obj
+    outcome = commands.heads(state.project, names)
     if as_json:
-        return _emit_json(data)
-    for name, revs in data.items():
-        state.out.print(Text(f"{name:<24} ", style="bold").append(report.revisions(revs)))
+        _emit_document(state, "heads", outcome)
+    else:
+        for r in outcome.results:
+            if r.status.succeeded:
+                state.out.print(Text(f"{r.database:<24} ", style="bold").append(report.revisions(r.head)))
+            else:
+                report.print_result(state.err, r)
+    _exit_for(ctx, outcome)
 
 
 @cli.command()
 @databases_only
 @click.option("--verbose", "-v", is_flag=True, help="Show full revision details.")
 @json_option
-@click.pass_obj
-def history(state: State, names: tuple[str, ...], all_: bool, verbose: bool, as_json: bool) -> None:
+@click.pass_context
+def history(ctx: click.Context, names: tuple[str, ...], all_: bool, verbose: bool, as_json: bool) -> None:
     """List each database's revisions, newest first."""
-    plan = planning.select(state.project, names, all_, all_if_none=True)
-    data: dict[str, list[dict[str, Any]]] = {}
-    for db in plan.databases:
-        script = state.runner.script(db)
-        heads_ = set(script.get_heads())
-        entries = []
-        for sc in script.walk_revisions():
-            entries.append({
-                "revision": sc.revision,
-                "down_revision": sc.down_revision,
-                "message": sc.doc,
-                "is_head": sc.revision in heads_,
-                "path": sc.path,
-            })
-            if not as_json:
-                if not entries[1:]:
-                    state.out.print(Text(f"{db.name} ({db.version_path})", style="bold"))
-                text = sc.log_entry if verbose else sc.cmd_format(verbose=False, include_branches=True,
-                                                                    include_doc=True, include_parents=True,
-                                                                    tree_indicators=True)
-                for line in text.rstrip().splitlines():
-                    state.out.print(Text(f"  {line}"))
-        if not entries and not as_json:
-            state.out.print(Text(f"{db.name} ({db.version_path}): no revisions yet", style="bold"))
-        data[db.name] = entries
+    state: State = ctx.obj
+    outcome = commands.history(state.project, names)
     if as_json:
-        _emit_json(data)
+        _emit_document(state, "history", outcome)
+        return _exit_for(ctx, outcome)
+    for r in outcome.results:
+        database = state.project.databases[r.database]
+        if not r.status.succeeded:
+            report.print_result(state.err, r)
+            continue
+        if not r.revisions:
+            state.out.print(Text(f"{r.database} ({database.version_path}): no revisions yet", style="bold"))
+            continue
+        state.out.print(Text(f"{r.database} ({database.version_path})", style="bold"))
+        for sc in commands.revision_scripts(state.project, r.database):
+            text = sc.log_entry if verbose else sc.cmd_format(verbose=False, include_branches=True, include_doc=True,
+                                                              include_parents=True, tree_indicators=True)
+            for line in text.rstrip().splitlines():
+                state.out.print(Text(f"  {line}"))
+    _exit_for(ctx, outcome)
 
 
 @cli.command()
@@ -468,35 +415,29 @@ def history(state: State, names: tuple[str, ...], all_: bool, verbose: bool, as_
 def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
     """Compare models with databases (autogenerate); exit 1 if they differ."""
     state: State = ctx.obj
-    plan = _plan(state, selection, all_if_none=True)
-    outcome = run_serial(plan, state.runner.check, respect_dependencies=False)
+    outcome = commands.check(state.project, selection)
     if as_json:
-        _emit_json([
-            {"target": r.target, "database": r.database, "tenant": r.tenant, "status": r.status.value,
-             "current": r.after, "pending": r.data.get("pending"), "differences": r.details, "error": r.error}
-            for r in outcome.results
-        ])
-    else:
-        for r in outcome.results:
-            if r.status is Status.OK:
-                state.out.print(Text(f"{r.target:<24} ", style="bold").append("models and database match", style="green"))
-            elif r.status is Status.DIFFERENT:
-                count, pending = len(r.details), r.data.get("pending", 0)
-                state.out.print(Text(f"{r.target:<24} ", style="bold").append(
-                    f"{count} difference{'s' if count != 1 else ''} between models and database", style="yellow"))
-                for detail in r.details:
-                    state.out.print(Text(f"    {detail}"))
-                if pending:
-                    state.out.print(Text(
-                        f"    the database is {pending} revision{'s' if pending != 1 else ''} behind head "
-                        f"(at {report.revisions(r.after)}); hint: `orchestrate upgrade -n {r.database}`",
-                        style="cyan"))
-                else:
-                    state.out.print(Text(
-                        f"    hint: `orchestrate revision -n {r.database} --autogenerate -m MESSAGE` writes them "
-                        "as a revision", style="cyan"))
+        _emit_document(state, "check", outcome)
+        return _exit_for(ctx, outcome)
+    for r in outcome.results:
+        if r.status is Status.OK:
+            state.out.print(Text(f"{r.target:<24} ", style="bold").append("models and database match", style="green"))
+        elif r.status is Status.DIFFERENT:
+            count, pending = len(r.differences), r.pending or 0
+            state.out.print(Text(f"{r.target:<24} ", style="bold").append(
+                f"{count} difference{'s' if count != 1 else ''} between models and database", style="yellow"))
+            for detail in r.differences:
+                state.out.print(Text(f"    {detail}"))
+            if pending:
+                state.out.print(Text(
+                    f"    the database is {pending} revision{'s' if pending != 1 else ''} behind head "
+                    f"(at {report.revisions(r.after)}); hint: `orchestrate upgrade -n {r.database}`", style="cyan"))
             else:
-                report.print_result(state.out, r)
+                state.out.print(Text(
+                    f"    hint: `orchestrate revision -n {r.database} --autogenerate -m MESSAGE` writes them "
+                    "as a revision", style="cyan"))
+        else:
+            report.print_result(state.out, r)
     _exit_for(ctx, outcome)
 
 
@@ -513,16 +454,14 @@ def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
 def revision(state: State, names: tuple[str, ...], all_: bool, message: str, autogenerate: bool,
              rev_id: str | None) -> None:
     """Write a new revision file for one database."""
-    if all_ or len(names) > 1:
+    if all_:
         raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
-    plan = planning.select(state.project, names, all_)
-    database = plan.databases[0]
-    made = state.runner.revision(targets_of(database)[0], message, autogenerate=autogenerate, rev_id=rev_id)
+    name, made = commands.revision(state.project, names, message, autogenerate=autogenerate, rev_id=rev_id)
     try:
         shown = Path(made.path).relative_to(state.project.root)
     except ValueError:
         shown = Path(made.path)
-    state.out.print(Text(f"{database.name}: wrote {shown}", style="green"))
+    state.out.print(Text(f"{name}: wrote {shown}", style="green"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,9 +36,16 @@ class TargetError(OrchestrateError):
     """One target failed: the message names the database (and tenant) and the revision."""
 
     def __init__(
-        self, message: str, hint: str | None = None, revision: str | None = None, lock_timeout: bool = False
+        self,
+        message: str,
+        hint: str | None = None,
+        revision: str | None = None,
+        lock_timeout: bool = False,
+        partial: bool = False,
     ) -> None:
         super().__init__(message, hint)
         self.revision = revision
+        #: True when ``revision`` may be partly applied (DDL that is not transactional).
+        self.partial = partial
         #: True when the target failed waiting for a lock (so `lock_retries` may retry it).
         self.lock_timeout = lock_timeout

@@ -16,11 +16,14 @@ from rich.text import Text
 
 from orchestrator.config import Project
 from orchestrator.errors import SelectionError
-from orchestrator.executor import Outcome
-from orchestrator.plan import Plan
-from orchestrator.results import Status, TargetResult
+from orchestrator.results import Outcome, Status, TargetResult
+from orchestrator.targets import tenant_names
 
-REPORT_VERSION = 1
+#: The report document's version; its JSON Schema ships as orchestrator/report.schema.json.
+REPORT_VERSION = 2
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+#: Longest --retry-failed report read (ORCHESTRATE_MAX_REPORT_BYTES raises it).
+MAX_REPORT_BYTES = 256 * 1024 * 1024
 
 _STYLE = {
     Status.UPGRADED: "green",
@@ -30,13 +33,17 @@ _STYLE = {
     Status.OK: "green",
     Status.DIFFERENT: "yellow",
     Status.FAILED: "bold red",
+    Status.LOST: "bold red",
     Status.SKIPPED: "yellow",
     Status.NOT_RUN: "yellow",
 }
 _WORDS = {Status.NOOP: "up to date", Status.NOT_RUN: "not run"}
 
 
-def revisions(revs: list[str]) -> str:
+def revisions(revs: list[str] | None) -> str:
+    """``a, b``; ``base`` for an empty version table; ``unknown`` when it could not be read."""
+    if revs is None:
+        return "unknown"
     return ", ".join(revs) if revs else "base"
 
 
@@ -49,13 +56,15 @@ def target_line(result: TargetResult) -> Text:
         line.append(f"{revisions(result.before)} -> {revisions(result.after)}")
         if result.applied:
             count = len(result.applied)
-            replayed = result.data.get("replayed")
+            replayed = result.replayed
             extra = f", {replayed} replayed" if replayed else ""
             line.append(f" ({count} revision{'s' if count != 1 else ''}{extra})", style="dim")
     elif result.status is Status.NOOP:
         line.append(revisions(result.after), style="dim")
-    elif result.status is Status.FAILED and result.failed_revision:
+    elif result.status.is_failure and result.failed_revision:
         line.append(f"in revision {result.failed_revision}", style="red")
+        if result.partial:
+            line.append(" (may be partly applied)", style="red")
     line.append(f"  {result.duration:.2f}s", style="dim")
     return line
 
@@ -63,7 +72,7 @@ def target_line(result: TargetResult) -> Text:
 def print_result(console: Console, result: TargetResult) -> None:
     console.print(target_line(result))
     if result.error and result.status is not Status.NOOP:
-        style = "red" if result.status is Status.FAILED else "yellow"
+        style = "red" if result.status.is_failure else "yellow"
         for text in result.error.splitlines():
             console.print(Text(f"    {text}", style=style))
     if result.hint:
@@ -91,19 +100,40 @@ def print_summary(console: Console, outcome: Outcome) -> None:
             console.print(Text(f"  {first}", style="red"))
 
 
-def report_json(command: str, outcome: Outcome, config_path: Path, started: datetime) -> dict[str, Any]:
-    """The machine-readable report of a run (also what ``--report PATH`` writes)."""
+def document(command: str, outcome: Outcome, config_path: Path, started: datetime | None = None) -> dict[str, Any]:
+    """The one machine-readable document of every command (``--json``, ``--report``):
+    ``version``, the command, and one entry per target (see report.schema.json)."""
+    now = datetime.now(timezone.utc)
     return {
         "version": REPORT_VERSION,
         "command": command,
         "config": str(config_path),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": (started or now).isoformat(timespec="seconds"),
+        "finished_at": now.isoformat(timespec="seconds"),
         "ok": outcome.ok,
         "interrupted": outcome.interrupted,
         "counts": {s.value: n for s, n in Counter(r.status for r in outcome.results).items()},
         "targets": [r.to_json() for r in outcome.results],
     }
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before a run starts, a --report path that could not be written at its end."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # missing folders are created when the report is written
+    problem = None
+    if path.is_dir():
+        problem = "it is a folder"
+    elif path.exists() and not path.is_file():
+        problem = "it is not a regular file"
+    elif not folder.is_dir():
+        problem = f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        problem = "it is not writable"
+    if problem:
+        raise SelectionError(f"--report {path}: cannot write the report there: {problem}",
+                             hint="give a path in a writable folder")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -133,6 +163,11 @@ class Live:
         self._task: Any = None
 
     def __enter__(self) -> Live:
+        return self
+
+    def start(self, total: int) -> None:
+        """The run's plan is known: show a bar for ``total`` targets (in a terminal)."""
+        self.total = total
         if not self.quiet and self.console.is_terminal and self.total > 1:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -147,7 +182,6 @@ class Live:
             )
             self._progress.start()
             self._task = self._progress.add_task("migrating", total=self.total, failed=0)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
@@ -158,8 +192,7 @@ class Live:
             self.failed += 1
         if self._progress is not None:
             self._progress.update(self._task, advance=1, failed=self.failed)
-            if result.status.is_failure:
-                print_result(self.console, result)
+            print_result(self.console, result)  # printed above the bar
         elif not self.quiet:
             print_result(self.console, result)
 
@@ -171,42 +204,94 @@ class Live:
 
 
 def failed_targets(path: Path, project: Project) -> set[tuple[str, str | None]]:
-    """The (database, tenant) pairs of an earlier report that did not succeed."""
+    """The (database, tenant) pairs of an earlier report that did not succeed, each checked
+    against the config: a report can only select targets the config declares."""
+    limit = int(os.environ.get("ORCHESTRATE_MAX_REPORT_BYTES", MAX_REPORT_BYTES))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise SelectionError(f"--retry-failed {path}: not a regular file")
+        if path.stat().st_size > limit:
+            raise SelectionError(
+                f"--retry-failed {path}: larger than {limit} bytes",
+                hint="raise the bound with ORCHESTRATE_MAX_REPORT_BYTES if the report is genuine",
+            )
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
         targets = data["targets"]
+        if not isinstance(targets, list):
+            raise TypeError("`targets` is not a list")
+    except SelectionError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SelectionError(f"--retry-failed {path}: not an orchestrate report ({exc})") from None
-    wanted = {Status.FAILED.value, Status.NOT_RUN.value, Status.SKIPPED.value, Status.DIFFERENT.value}
-    pairs = {(t["database"], t.get("tenant")) for t in targets if t.get("status") in wanted}
-    unknown = sorted({database for database, _ in pairs if database not in project.databases})
-    if unknown:
-        raise SelectionError(
-            f"--retry-failed {path}: the report names databases this config does not declare: {', '.join(unknown)}",
-            hint=f"was it written for another orchestrate.yaml than {project.path}?",
-        )
+    wanted = {Status.FAILED.value, Status.NOT_RUN.value, Status.SKIPPED.value, Status.DIFFERENT.value,
+              Status.LOST.value}
+    pairs: set[tuple[str, str | None]] = set()
+    known: dict[str, set[str]] = {}
+    for index, entry in enumerate(targets):
+        if not isinstance(entry, dict) or entry.get("status") not in wanted:
+            continue
+        where = f"--retry-failed {path}:{_line_of(text, entry, index)}"
+        database, tenant = entry.get("database"), entry.get("tenant")
+        if not isinstance(database, str) or database not in project.databases:
+            raise SelectionError(
+                f"{where}: the report names database {database!r}, which this config does not declare",
+                hint=f"was it written for another orchestrate.yaml than {project.path}?",
+            )
+        db = project.databases[database]
+        if db.tenants is None:
+            if tenant is not None:
+                raise SelectionError(f"{where}: `{database}` has no tenants, but the report names tenant {tenant!r}")
+        else:
+            if not isinstance(tenant, str):
+                raise SelectionError(
+                    f"{where}: `{database}` is multi-tenant, but the report's entry names no tenant",
+                    hint="a report written by orchestrate names each tenant; was the file edited?",
+                )
+            if database not in known:
+                known[database] = set(tenant_names(db))
+            if tenant not in known[database]:
+                raise SelectionError(
+                    f"{where}: tenant {tenant!r} of `{database}` is not declared in {project.path}",
+                    hint="only declared tenants are migrated; add it to the config, or remove it from the report",
+                )
+        pairs.add((database, tenant))
     if not pairs:
         raise SelectionError(f"--retry-failed {path}: nothing to retry, every target in it succeeded")
     return pairs
 
 
+def _line_of(text: str, entry: dict[str, Any], index: int) -> str:
+    """The line of a report entry (found by its target name), else its position."""
+    name = entry.get("target")
+    if isinstance(name, str):
+        needle = json.dumps(name)
+        at = text.find(f'"target": {needle}')
+        if at < 0:
+            at = text.find(needle)
+        if at >= 0:
+            return str(text.count("\n", 0, at) + 1)
+    return f"targets[{index}]"
+
+
 LAGGING_SHOWN = 20
 
 
-def print_status(console: Console, plan: Plan, results: list[TargetResult]) -> None:
+def print_status(console: Console, project: Project, results: list[TargetResult]) -> None:
     """Databases without tenants as one table; each multi-tenant database summarised."""
-    fleets = {db.name for db in plan.databases if db.tenants is not None}
+    shown = list(dict.fromkeys(r.database for r in results))
+    fleets = {name for name in shown if project.databases[name].tenants is not None}
     single = [r for r in results if r.database not in fleets]
     if single:
         console.print(status_table(single))
-    for name in [db.name for db in plan.databases if db.name in fleets]:
+    for name in [n for n in shown if n in fleets]:
         console.print(fleet_summary(name, [r for r in results if r.database == name]))
 
 
 def fleet_summary(database: str, results: list[TargetResult]) -> Table:
-    heads = next((r.data.get("head") for r in results if r.data.get("head") is not None), [])
+    heads = next((r.head for r in results if r.head is not None), [])
     failed = [r for r in results if r.status is Status.FAILED]
-    counts = Counter(tuple(r.after) for r in results if r.status is not Status.FAILED)
+    counts = Counter(tuple(r.after or []) for r in results if r.status is not Status.FAILED)
     table = Table(title=f"{database}: {len(results)} tenants, head {revisions(heads)}", show_edge=False,
                   title_justify="left", title_style="bold")
     table.add_column("revision")
@@ -235,16 +320,16 @@ def status_table(results: list[TargetResult]) -> Table:
         if r.status is Status.FAILED:
             table.add_row(r.target, "?", "", "", Text(r.error or "", style="red"))
             continue
-        pending = r.data.get("pending", 0)
+        pending = r.pending or 0
         note = ""
-        if r.data.get("unversioned_tables"):
+        if r.unversioned_tables:
             note = f"tables but no version table: `orchestrate stamp -n {r.database} head`?"
         elif pending:
             note = "behind"
         table.add_row(
             r.target,
-            revisions(r.after),
-            revisions(r.data.get("head", [])),
+            revisions(r.after or []),
+            revisions(r.head or []),
             Text(str(pending), style="yellow" if pending else "green"),
             Text(note, style="yellow") if note else "",
         )

@@ -80,7 +80,7 @@ def test_upgrade_from_plain_sync_code(make_project, tmp_path, request) -> None:
     again = orchestrator.upgrade(config_path=str(s.project.config), names=["users", "catalog"])
     assert [r.status.value for r in again.results] == ["noop", "noop"]
     current = {r.target: r for r in orchestrator.current(config_path=s.project.config)}
-    assert {n: (r.after, r.data["pending"]) for n, r in current.items()} == {n: ([HEADS[n]], 0) for n in NAMES}
+    assert {n: (r.after, r.pending) for n, r in current.items()} == {n: ([HEADS[n]], 0) for n in NAMES}
     assert_sessions_gone([s.urls["catalog"]])
 
 

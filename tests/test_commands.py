@@ -124,6 +124,11 @@ def execute(url: str, *statements: str) -> None:
         engine.dispose()
 
 
+def heads_of(document: dict[str, Any]) -> dict[str, list[str]]:
+    """database -> heads, from `heads --json`."""
+    return {t["database"]: t["head"] for t in document["targets"]}
+
+
 def version_rows(url: str, name: str) -> list[str] | None:
     """The revisions in ``alembic_version_<name>``; None when that table does not exist."""
     table = f"alembic_version_{name}"
@@ -194,8 +199,10 @@ class Stack:
         return result
 
     def json(self, *args: str, code: int | None = 0) -> Any:
+        """The command's --json document; for reading commands, its list of targets."""
         result = self.run(*args, "--json", code=code)
-        return json.loads(result.stdout)
+        document = json.loads(result.stdout)
+        return document["targets"] if args[0] in ("status", "current", "check") else document
 
     def versions(self) -> dict[str, list[str] | None]:
         return {name: version_rows(url, name) for name, url in self.urls.items()}
@@ -542,11 +549,11 @@ def test_current_status_heads_before_and_after(stack: Stack) -> None:
     # before anything ran
     current = {row["target"]: row for row in stack.json("current")}
     assert set(current) == set(NAMES)
-    assert all(row["current"] == [] and row["error"] is None for row in current.values())
+    assert all(row["after"] == [] and row["error"] is None for row in current.values())
 
     status = {row["database"]: row for row in stack.json("status")}
     for name in NAMES:
-        assert status[name]["current"] == []
+        assert status[name]["after"] == []
         assert status[name]["head"] == [HEADS[name]]
         assert status[name]["pending"] == len(REVISIONS[name])
         assert status[name]["error"] is None
@@ -564,9 +571,9 @@ def test_current_status_heads_before_and_after(stack: Stack) -> None:
     stack.run("upgrade", USERS_1, "-n", "users")
     stack.run("upgrade", ORDERS_2, "-n", "orders")
     status = {row["database"]: row for row in stack.json("status")}
-    assert (status["users"]["current"], status["users"]["pending"]) == ([USERS_1], 1)
-    assert (status["catalog"]["current"], status["catalog"]["pending"]) == ([], 2)
-    assert (status["orders"]["current"], status["orders"]["pending"]) == ([ORDERS_2], 2)
+    assert (status["users"]["after"], status["users"]["pending"]) == ([USERS_1], 1)
+    assert (status["catalog"]["after"], status["catalog"]["pending"]) == ([], 2)
+    assert (status["orders"]["after"], status["orders"]["pending"]) == ([ORDERS_2], 2)
     result = stack.run("current")
     lines = target_lines(result.stdout)
     assert USERS_1 in lines["users"] and "1 behind" in lines["users"]
@@ -581,9 +588,9 @@ def test_current_status_heads_before_and_after(stack: Stack) -> None:
     stack.run("upgrade", "--all")
     status = {row["database"]: row for row in stack.json("status")}
     for name in NAMES:
-        assert status[name]["current"] == [HEADS[name]] == status[name]["head"]
+        assert status[name]["after"] == [HEADS[name]] == status[name]["head"]
         assert status[name]["pending"] == 0
-    current = {row["target"]: row["current"] for row in stack.json("current")}
+    current = {row["target"]: row["after"] for row in stack.json("current")}
     assert current == {name: [HEADS[name]] for name in NAMES}
     result = stack.run("current")
     for name in NAMES:
@@ -611,8 +618,8 @@ def test_reading_commands_do_not_create_version_tables(stack: Stack) -> None:
 
 
 def test_heads_json(stack: Stack) -> None:
-    assert stack.json("heads") == {name: [HEADS[name]] for name in NAMES}
-    assert stack.json("heads", "-n", "catalog") == {"catalog": [CATALOG_HEAD]}
+    assert heads_of(stack.json("heads")) == {name: [HEADS[name]] for name in NAMES}
+    assert heads_of(stack.json("heads", "-n", "catalog")) == {"catalog": [CATALOG_HEAD]}
     result = stack.run("heads")
     for name in NAMES:
         assert HEADS[name] in target_lines(result.stdout)[name]
@@ -643,7 +650,7 @@ def test_history_plain_verbose_and_json(stack: Stack) -> None:
     only = stack.run("history", "-n", "orders").stdout
     assert ORDERS_1 in only and USERS_1 not in only and CATALOG_1 not in only
 
-    data = stack.json("history")
+    data = {t["database"]: t["revisions"] for t in stack.json("history")["targets"]}
     assert [e["revision"] for e in data["orders"]] == list(reversed(REVISIONS["orders"]))
     assert [e["is_head"] for e in data["users"]] == [True, False]
     assert data["catalog"][0]["down_revision"] == CATALOG_1
@@ -809,7 +816,7 @@ def test_revision_autogenerate_writes_only_this_databases_changes(
         assert set((s.root / "versions" / name).glob("*.py")) == folders[name]
 
     new_rev = rev_of(source)
-    assert s.json("heads")["catalog"] == [new_rev]
+    assert heads_of(s.json("heads"))["catalog"] == [new_rev]
 
     # writing a revision does not touch the database
     s.assert_versions({name: [HEADS[name]] for name in NAMES})
@@ -851,13 +858,13 @@ def test_revision_plain_writes_an_empty_revision_on_the_head(stack: Stack) -> No
     for name in ("catalog", "orders"):
         assert set((stack.root / "versions" / name).glob("*.py")) == before[name]
     new_rev = rev_of(source)
-    assert stack.json("heads")["users"] == [new_rev]
+    assert heads_of(stack.json("heads"))["users"] == [new_rev]
     # no database was touched (users' SQLite file need not even exist)
     stack.assert_versions({"users": None, "catalog": None, "orders": None})
 
     # --rev-id is honoured
     stack.run("revision", "-n", "orders", "-m", "fixed id", "--rev-id", "abc000000001")
-    assert stack.json("heads")["orders"] == ["abc000000001"]
+    assert heads_of(stack.json("heads"))["orders"] == ["abc000000001"]
     stack.run("upgrade", "--all")
     stack.assert_versions({"users": [new_rev], "catalog": [CATALOG_HEAD], "orders": ["abc000000001"]})
 
@@ -943,13 +950,16 @@ def test_upgrade_sql_prints_one_script_per_database_and_touches_nothing(offline:
 def test_upgrade_sql_batch_on_sqlite_fails_that_database_only(stack: Stack) -> None:
     """users on SQLite: revision 8e21d6f0a5b3 adds a column with an expression default in
     batch mode, which SQLite can only do by copying the table; offline there is no table to
-    reflect. That database fails with Alembic's explanation, the others still print."""
+    reflect. That database fails with Alembic's explanation; catalog still prints, and
+    orders, which depends on users, writes no SQL and is skipped naming users, as online."""
     result = stack.run("upgrade", "--all", "--sql", code=1)
     sections = _sections(result.stdout)
-    assert list(sections) == ["users", "catalog", "orders"]
+    assert list(sections) == ["users", "catalog"]
     assert "users" in result.stderr and "--sql" in result.stderr
-    assert CATALOG_HEAD in sections["catalog"] and ORDERS_HEAD in sections["orders"]
-    assert "SERIAL" in sections["catalog"] and "AUTO_INCREMENT" in sections["orders"]
+    assert CATALOG_HEAD in sections["catalog"] and ORDERS_HEAD not in result.stdout
+    assert "SERIAL" in sections["catalog"]
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert skipped and any("users" in line for line in skipped), result.stderr
     stack.assert_versions({"users": None, "catalog": None, "orders": None})
 
 
@@ -1117,7 +1127,7 @@ def test_failing_database_skips_its_dependents(stack: Stack, tmp_path: Path) -> 
     assert "upgraded" in lines["users"]
     assert "failed" in lines["catalog"] and BAD_REV in lines["catalog"]
     assert "skipped" in lines["orders"]
-    assert "not run because catalog did not succeed" in result.stdout
+    assert "skipped because its dependency catalog (failed) did not succeed" in result.stdout
 
     report = json.loads(report_path.read_text())
     targets = {t["target"]: t for t in report["targets"]}
@@ -1128,7 +1138,7 @@ def test_failing_database_skips_its_dependents(stack: Stack, tmp_path: Path) -> 
     assert targets["catalog"]["failed_revision"] == BAD_REV
     assert targets["orders"]["status"] == "skipped"
     assert "catalog" in targets["orders"]["error"]
-    assert targets["orders"]["before"] == [] and targets["orders"]["after"] == []
+    assert targets["orders"]["before"] is None and targets["orders"]["after"] is None  # never read: unknown
     assert report["counts"] == {"upgraded": 1, "failed": 1, "skipped": 1}
 
     stack.assert_versions({"users": [USERS_HEAD], "catalog": [CATALOG_HEAD], "orders": None})
@@ -1202,7 +1212,7 @@ def test_unreachable_database_fails_alone_and_hides_the_password(make_project, t
     for args in (("status",), ("current",), ("check",)):
         result = s.run(*args, "--json", code=1)
         outputs += [result.stdout, result.stderr]
-        rows = {row["database"]: row for row in json.loads(result.stdout)}
+        rows = {row["database"]: row for row in json.loads(result.stdout)["targets"]}
         assert "cannot connect" in rows["catalog"]["error"]
         assert rows["users"]["error"] is None
     result = s.run("revision", "-n", "catalog", "-m", "nope", "--autogenerate", code=1)
@@ -1252,7 +1262,7 @@ def test_async_drivers(make_project, tmp_path, request) -> None:
     assert {n for (n,) in query(s.urls["catalog"], "SELECT name FROM categories")} == SEED_CATEGORIES
 
     s.run("check")
-    assert [row["current"] for row in s.json("current")] == [[HEADS[n]] for n in NAMES]
+    assert [row["after"] for row in s.json("current")] == [[HEADS[n]] for n in NAMES]
     status = {row["database"]: row["pending"] for row in s.json("status")}
     assert status == {"users": 0, "catalog": 0, "orders": 0}
 

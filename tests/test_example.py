@@ -49,7 +49,7 @@ def test_the_example_upgrades_from_a_fresh_copy(tmp_path: Path) -> None:
     check = orchestrate("check", cwd=root)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    status = json.loads(orchestrate("status", "--json", cwd=root).stdout)
+    status = json.loads(orchestrate("status", "--json", cwd=root).stdout)["targets"]
     assert {s["database"]: s["pending"] for s in status} == {"users": 0, "catalog": 0, "orders": 0}
 
     engine = create_engine(f"sqlite:///{root / 'var' / 'catalog.db'}")

@@ -126,10 +126,10 @@ def test_sqlite_replay_leaves_every_tenant_as_a_live_run_does(tmp_path: Path) ->
     # The data-dependent revision counted each tenant's own accounts.
     assert [states[True][t]["stats"] for t in tenants[:4]] == [[(1,)], [(2,)], [(3,)], [(4,)]]
 
-    replayed = [t["data"].get("replayed", 0) for t in reports[True]["targets"]]
+    replayed = [(t["replayed"] or 0) for t in reports[True]["targets"]]
     # The first tenant records; the others replay r2 and r3 (r4 reads data, r5 opted out).
     assert replayed[0] == 0 and set(replayed[1:]) == {2}
-    assert all("replayed" not in t["data"] for t in reports[False]["targets"])
+    assert all(t["replayed"] is None for t in reports[False]["targets"])
 
 
 def test_opted_out_revision_runs_live_on_every_tenant(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_a_drifted_tenant_is_not_replayed_onto(tmp_path: Path) -> None:
     connection.close()
 
     report = json.loads(project.cli("upgrade", "--json").stdout)
-    replayed = {t["tenant"]: t["data"].get("replayed", 0) for t in report["targets"]}
+    replayed = {t["tenant"]: (t["replayed"] or 0) for t in report["targets"]}
     assert replayed == {"d1": 0, "d2": 0, "d3": 1}  # d3 replays r3 recorded on d1; d2 runs live
     columns = [row[1] for row in sqlite3.connect(folder / "d2.db").execute("PRAGMA table_info(accounts)")]
     assert "legacy_flag" in columns  # the batch rebuild reflected d2's own table
@@ -216,7 +216,7 @@ def test_postgresql_schema_fleet_replay_matches_live_runs(tmp_path: Path, pg_url
 
             report = run_upgrades(project, seed)
             if replay:
-                replayed = [t["data"].get("replayed", 0) for t in report["targets"]]
+                replayed = [(t["replayed"] or 0) for t in report["targets"]]
                 assert replayed[0] == 0 and set(replayed[1:]) == {2}, replayed
             states[replay] = [pg_state(engine, name) for name in names]
         assert states[True] == states[False]

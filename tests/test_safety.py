@@ -278,7 +278,7 @@ def test_lock_timeout_fails_fast_and_names_the_blocker(make_project, tmp_path, r
             assert "transaction open for" in blocked_by
             assert ("row lock held by" if kind == "row" else "table metadata lock") in blocked_by
         assert orders["after"] == [ORDERS_HEAD] and orders["applied"] == []
-        assert orders["data"].get("lock_timeout") is True
+        assert orders["lock_timeout"] is True
         assert 0.9 <= elapsed < 6.0, f"lock_timeout is 1s but the upgrade took {elapsed:.1f}s"
 
         # the target stays at its previous revision, untouched
@@ -341,7 +341,7 @@ def test_sqlite_busy_database_fails_within_lock_timeout(make_project, tmp_path, 
     assert "database is locked" in orders["error"]
     assert f"another connection holds a write lock on {sqlite_path(url)}" in orders["error"]
     assert f"pid {blocker.pid} (python" in orders["error"]  # from /proc/locks
-    assert orders["data"].get("lock_timeout") is True
+    assert orders["lock_timeout"] is True
     assert 0.9 <= elapsed < 6.0, f"busy_timeout is 1s but the upgrade took {elapsed:.1f}s"
     assert version_rows(url, "orders") == [ORDERS_HEAD]
     assert "note" not in column_names(url, "orders")
@@ -387,7 +387,7 @@ def test_lock_retries_wait_for_the_blocker_to_go(make_project, tmp_path, request
     assert waited.is_set()
     (orders,) = report["targets"]
     assert code == 0 and orders["status"] == "upgraded", orders
-    assert orders["data"].get("attempts") == 2
+    assert orders["attempts"] == 2
     assert orders["applied"] == [LOCKED_REV]
     assert version_rows(url, "orders") == [LOCKED_REV]
 
@@ -422,11 +422,16 @@ def _impatient_copy(project: Project) -> Project:
 
     data = yaml.safe_load(project.config.read_text())
     data.setdefault("defaults", {})["lock_wait"] = "500ms"
-    other = Project(project.root / "impatient")
+    other = Project(project.root.parent / "impatient")  # beside it: the same env.py and revisions
     other.root.mkdir()
-    data["script_location"] = str(project.root / "envs")
-    for name, db in data["databases"].items():
-        db["version_path"] = str(project.root / "versions" / name)
+    import shutil
+
+    shutil.copytree(project.root / "envs", other.root / "envs")
+    shutil.copytree(project.root / "versions", other.root / "versions")
+    for db in data["databases"].values():
+        url = db.get("url", "")
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            db["url"] = "sqlite:///" + str(project.root / url.removeprefix("sqlite:///"))
     other.write_config(data)
     return other
 

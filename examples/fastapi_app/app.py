@@ -50,15 +50,15 @@ app = FastAPI(title="shop", lifespan=lifespan)
 
 @app.get("/health")
 async def health() -> JSONResponse:
-    results = await orchestrator.current_async(config_path=config_path())
+    results = (await orchestrator.current_async(config_path())).results
     databases: dict[str, Any] = {}
     for result in results:
         databases[result.target] = {
             "current": result.after,
-            "head": result.data.get("head"),
-            "pending": result.data.get("pending"),
+            "head": result.head,
+            "pending": result.pending,
             "error": result.error,
         }
-    ok = all(r.status is Status.OK and r.data.get("pending") == 0 for r in results)
+    ok = all(r.status is Status.OK and r.pending == 0 for r in results)
     body = {"ok": ok, "databases": databases, "migrated_at_startup": getattr(app.state, "migrated", {})}
     return JSONResponse(body, status_code=200 if ok else 503)

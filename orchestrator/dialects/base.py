@@ -114,6 +114,53 @@ class Dialect:
         connection itself, keepalives so a vanished peer is noticed."""
         return {}
 
+    #: Can a watchdog probe this server on connections of its own (a network server)?
+    probes_server: ClassVar[bool] = False
+
+    def sync_url(self, target: Target) -> URL:
+        """The target's URL with a sync driver (probes and blocker watches use one)."""
+        url = self.engine_url(target)
+        sync = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+        backend = url.get_backend_name()
+        return url.set(drivername=sync[backend]) if url.get_dialect().is_async and backend in sync else url
+
+    def probe_connect(self, target: Target, timeout: float) -> Any:
+        """A raw driver connection of the watchdog's own, bounded by ``timeout``."""
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        args = {**self.connect_args(target), "connect_timeout": max(1, int(timeout))}
+        engine = create_engine(self.sync_url(target), poolclass=NullPool, connect_args=args)
+        try:
+            return engine.raw_connection().dbapi_connection
+        finally:
+            engine.dispose()
+
+    def probe_query(self, raw: Any) -> None:
+        cursor = raw.cursor()
+        try:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def socket_of(self, raw: Any) -> socket.socket | None:
+        """The driver connection's socket (a duplicate the caller closes), or None."""
+        return None
+
+    def cut(self, raw: Any) -> None:
+        """Shut a driver connection's socket down from another thread: a driver call
+        blocked on it fails at once; the server ends the session when it notices."""
+        sock = self.socket_of(raw)
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
     def tenant_name_problem(self, name: str) -> str | None:
         """Why ``name`` cannot name a tenant on this server, or None. Checked whatever the
         tenant pattern says: reserved names, the server's identifier limit, control characters."""
@@ -122,10 +169,10 @@ class Dialect:
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
             return "a tenant name cannot hold control characters (newline, NUL, ...)"
         if name.lower() in RESERVED_NAMES or name.lower().startswith("pg_"):
-            return f"{name!r} is reserved by the database server"
+            return f"tenant name {name!r} is reserved by the database server"
         limit = self.identifier_limit
         if limit is not None and len(name.encode("utf-8")) > limit:
-            return f"{name!r} is longer than the server's identifier limit ({limit} bytes)"
+            return f"tenant name {name!r} is longer than the server's identifier limit ({limit} bytes)"
         return None
 
     def bulk_versions(
@@ -239,8 +286,8 @@ class Dialect:
 
 
 def lender(watcher: Connection | None, target: Target) -> Any:
-    """How a blocker watch gets its connection: the migration lock's spare connection when
-    there is one (lent, not closed), else a short-lived sync one of its own (async drivers)."""
+    """How a blocker watch gets its connection: ``watcher`` when given (lent, not closed),
+    else a short-lived sync one of its own, bounded like every connection."""
 
     def lend() -> tuple[Connection, Any]:
         if watcher is not None:
@@ -248,9 +295,10 @@ def lender(watcher: Connection | None, target: Target) -> Any:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        url = parse_url(target.url)
-        sync = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
-        engine = create_engine(url.set(drivername=sync.get(url.get_backend_name(), url.drivername)), poolclass=NullPool)
+        from orchestrator.dialects import dialect_for
+
+        dialect = dialect_for(target)
+        engine = create_engine(dialect.sync_url(target), poolclass=NullPool, connect_args=dialect.connect_args(target))
         try:
             connection = engine.connect()
         except BaseException:

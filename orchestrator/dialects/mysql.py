@@ -1,7 +1,9 @@
 """MySQL and MariaDB: GET_LOCK, lock_wait_timeout, a database per tenant; DDL is never transactional."""
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +32,18 @@ class MySQL(Dialect):
     name = "mysql"
     engine_serves_many_databases = False
     identifier_limit = 64
+    probes_server = True
+
+    def socket_of(self, raw: Any) -> socket.socket | None:
+        sock = getattr(raw, "_sock", None)  # PyMySQL keeps its socket there
+        try:
+            return socket.socket(fileno=os.dup(sock.fileno())) if sock is not None else None
+        except Exception:  # noqa: BLE001 - closed already
+            return None
 
     def connect_args(self, target: Target) -> dict[str, Any]:
         # PyMySQL: connect_timeout bounds the TCP connect and the handshake.
-        return {"connect_timeout": max(1, round(target.database.connect_timeout))}
+        return {"connect_timeout": max(1, round(getattr(target.database, "connect_timeout", 10.0)))}
 
     _FINGERPRINT = text(
         "SELECT 'c', table_name, column_name, column_type, is_nullable, column_default, extra "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -37,11 +39,19 @@ class PostgreSQL(Dialect):
     name = "postgresql"
     lock_needs_connection = True
     identifier_limit = 63
+    probes_server = True
+
+    def socket_of(self, raw: Any) -> socket.socket | None:
+        pgconn = getattr(raw, "pgconn", None)  # psycopg 3, sync and async
+        try:
+            return socket.socket(fileno=os.dup(pgconn.socket)) if pgconn is not None else None
+        except Exception:  # noqa: BLE001 - closed already
+            return None
 
     def connect_args(self, target: Target) -> dict[str, Any]:
         # libpq: bounded connect, and keepalives so a peer that vanished is noticed.
         return {
-            "connect_timeout": max(1, round(target.database.connect_timeout)),
+            "connect_timeout": max(1, round(getattr(target.database, "connect_timeout", 10.0))),
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
 

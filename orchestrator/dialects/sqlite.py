@@ -42,9 +42,9 @@ class SQLite(Dialect):
     def tenant_name_problem(self, name: str) -> str | None:
         # A tenant is a file in the folder of the URL's template: one plain file name.
         if name in (".", "..") or any(ch in name for ch in "/\\\0") or name.startswith("-"):
-            return f"{name!r} is not a safe file name (no '/', '\\', '..', or leading '-')"
+            return f"tenant name {name!r} is not a safe file name (no '/', '\\', '..', or leading '-')"
         if len(name.encode("utf-8")) > 200:
-            return f"{name!r} is too long for a file name (at most 200 bytes)"
+            return f"tenant name {name!r} is too long for a file name (at most 200 bytes)"
         return super().tenant_name_problem(name)
 
     def before_connect(self, target: Target) -> None:

@@ -1,0 +1,234 @@
+"""The command layer: one short function per command, the only place that composes stages.
+
+Every command takes a :class:`~orchestrator.config.Project`, a :class:`Selection` (which
+targets) and, for commands that change databases, :class:`RunOptions` (how), and returns
+typed results: an :class:`~orchestrator.results.Outcome`, or plain data for the commands
+that read versions folders. The CLI (:mod:`orchestrator.cli`) parses arguments and
+renders what these return; the Python API (:mod:`orchestrator.api`) calls the same
+functions. Nothing here prints.
+
+A run, top to bottom::
+
+    selection -> plan.select -> Plan -> Scheduler(plan, Operation, backend) -> Outcome
+                                         backend: serial | processes -> operations.*(ws, target)
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from alembic.script import Script
+
+from orchestrator import operations, report
+from orchestrator import plan as planning
+from orchestrator.backends import Operation, make_backend
+from orchestrator.config import Project, activate
+from orchestrator.dialects import dialect_for
+from orchestrator.errors import SelectionError
+from orchestrator.operations import Workspace
+from orchestrator.results import Outcome, Status, TargetResult
+from orchestrator.scheduler import Scheduler
+from orchestrator.targets import Target, make_target, targets_of
+
+@dataclass(frozen=True)
+class Selection:
+    """Which targets: ``-n``/``--all``, ``--tenant``, ``--tenants-from``, ``--shard``, ``--retry-failed``."""
+
+    names: tuple[str, ...] = ()
+    all_: bool = False
+    tenants: tuple[str, ...] = ()
+    tenants_from: Path | None = None
+    shard: str | None = None
+    retry_failed: Path | None = None
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a changing command runs: workers, failures, the report, and who watches."""
+
+    parallel: int | None = None
+    fail_fast: bool = False
+    report_path: Path | None = None
+    on_result: Callable[[TargetResult], None] | None = field(default=None, compare=False)
+    on_stop: Callable[[str], None] | None = field(default=None, compare=False)
+    on_plan: Callable[[int], None] | None = field(default=None, compare=False)  # told the number of targets
+    cancelled: threading.Event | None = field(default=None, compare=False)
+
+@dataclass
+class RunResult:
+    """A changing command's outcome and its report document (also written to ``report_path``)."""
+
+    outcome: Outcome
+    document: dict[str, Any]
+
+def plan_for(project: Project, selection: Selection, *, reverse: bool = False, all_if_none: bool = False) -> planning.Plan:
+    """Selection -> Plan; every selection error (exit 2) is raised here, before anything runs."""
+    tenants = list(selection.tenants)
+    if selection.tenants_from:
+        tenants += planning.read_tenants_file(selection.tenants_from)
+        if not tenants:
+            raise SelectionError(f"--tenants-from {selection.tenants_from}: the file lists no tenant")
+    only = report.failed_targets(selection.retry_failed, project) if selection.retry_failed else None
+    return planning.select(
+        project,
+        selection.names,
+        selection.all_,
+        reverse=reverse,
+        all_if_none=all_if_none,
+        tenants=tuple(tenants),
+        shard=planning.parse_shard(selection.shard) if selection.shard else None,
+        only=only,
+    )
+
+def _run(project: Project, command: str, plan: planning.Plan, operation: Operation, options: RunOptions,
+         respect_dependencies: bool = True) -> RunResult:
+    """Run a changing operation over a plan, write its report; the one path of upgrade,
+    downgrade and stamp, for the CLI and the API alike."""
+    started = datetime.now(timezone.utc)
+    if options.report_path is not None:
+        report.check_writable(options.report_path)
+    activate(project)
+    project.load_models()  # a model that cannot be imported is a config error (exit 2), found before any target
+    if options.on_plan is not None:
+        options.on_plan(len(plan.targets))
+    with Workspace(project) as ws:
+        parallel = min(options.parallel or project.execution.parallel, max(1, len(plan.targets)))
+        outcome = Scheduler(
+            plan, operation, make_backend(ws, parallel),
+            lambda op, target, why, status: operations.lost(ws, target, op.name, op.revision, why, status),
+            on_result=options.on_result, on_stop=options.on_stop,
+            respect_dependencies=respect_dependencies, fail_fast=options.fail_fast, cancelled=options.cancelled,
+        ).run()
+    document = report.document(command, outcome, project.path, started)
+    if options.report_path is not None:
+        report.write_json(options.report_path, document)
+    return RunResult(outcome, document)
+
+def upgrade(project: Project, selection: Selection, options: RunOptions, revision: str = "heads") -> RunResult:
+    """Upgrade the selected targets to ``revision``, dependencies first."""
+    plan = plan_for(project, selection)
+    return _run(project, "upgrade", plan, Operation("upgrade", (revision,)), options)
+
+def downgrade(project: Project, selection: Selection, options: RunOptions, revision: str) -> RunResult:
+    """Downgrade the selected targets to ``revision``, dependents first."""
+    plan = plan_for(project, selection, reverse=True)
+    return _run(project, "downgrade", plan, Operation("downgrade", (revision,)), options)
+
+def stamp(project: Project, selection: Selection, options: RunOptions, revision: str,
+          purge: bool = False) -> RunResult:
+    """Record ``revision`` in the version tables without running migrations."""
+    plan = plan_for(project, selection)
+    return _run(project, "stamp", plan, Operation("stamp", (revision, purge)), options)
+
+def current(project: Project, selection: Selection) -> Outcome:
+    """Where every selected target stands (default: everything); fleets read in bulk."""
+    plan = plan_for(project, selection, all_if_none=True)
+    activate(project)
+    outcome = Outcome()
+    with Workspace(project) as ws:
+        for database in plan.databases:
+            targets = [t for t in plan.targets if t.database.name == database.name]
+            outcome.results.extend(operations.read_versions(ws, database, targets))
+    return outcome
+
+status = current  # the same reading; the CLI renders it as a summary
+
+def check(project: Project, selection: Selection) -> Outcome:
+    """Compare models with every selected target; DIFFERENT where they differ."""
+    plan = plan_for(project, selection, all_if_none=True)
+    activate(project)
+    project.load_models()
+    with Workspace(project) as ws:
+        return Outcome([operations.check(ws, target) for target in plan.targets])
+
+def sql(project: Project, selection: Selection, revision: str, upgrading: bool, output: IO[str],
+        on_result: Callable[[TargetResult], None] | None = None) -> Outcome:
+    """Offline (``--sql``): each target's SQL, headed by its name, in dependency order. A
+    target whose dependency failed writes nothing and is SKIPPED, naming the dependency."""
+    plan = plan_for(project, selection, reverse=not upgrading)
+    activate(project)
+    outcome = Outcome()
+    failed: dict[str, str] = {}
+    with Workspace(project) as ws:
+        for target in plan.targets:
+            broken = [d for d in plan.waits_for(target.database.name) if d in failed]
+            if broken:
+                result = TargetResult.for_target(
+                    target, Status.SKIPPED,
+                    error=f"{target.name}: skipped because its dependency {', '.join(broken)} failed",
+                )
+            else:
+                output.write(f"-- orchestrate: {target.name} ({target.display_url})\n")
+                output.write(dialect_for(target).offline_preamble(target))
+                output.flush()
+                result = operations.sql(ws, target, revision, upgrading, output)
+                output.write("\n")
+            if result.status in (Status.FAILED, Status.SKIPPED):
+                failed[target.database.name] = result.status.value
+            outcome.results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return outcome
+
+def heads(project: Project, names: tuple[str, ...] = ()) -> Outcome:
+    """The head revision(s) of each selected database's versions folder."""
+    plan = planning.select(project, names, all_if_none=True)
+    ws = Workspace(project)
+    return Outcome([
+        operations.attempt(target, lambda target=target: TargetResult.for_target(
+            target, Status.OK, head=sorted(ws.scripts.script(target.database).get_heads())))
+        for target in _database_targets(plan)
+    ])
+
+def history(project: Project, names: tuple[str, ...] = ()) -> Outcome:
+    """Each selected database's revisions, newest first (``revisions`` of each result)."""
+    plan = planning.select(project, names, all_if_none=True)
+    ws = Workspace(project)
+
+    def read(target: Target) -> TargetResult:
+        script = ws.scripts.script(target.database)
+        head = sorted(script.get_heads())
+        entries = [
+            {"revision": sc.revision, "down_revision": sc.down_revision, "message": sc.doc,
+             "is_head": sc.revision in head, "path": sc.path}
+            for sc in script.walk_revisions()
+        ]
+        return TargetResult.for_target(target, Status.OK, head=head, revisions=entries)
+
+    return Outcome([operations.attempt(t, lambda t=t: read(t)) for t in _database_targets(plan)])
+
+def revision_scripts(project: Project, name: str) -> list[Script]:
+    """A database's revisions as Alembic's Script objects, newest first (for rendering)."""
+    database = planning.select(project, (name,)).databases[0]
+    return list(Workspace(project).scripts.script(database).walk_revisions())
+
+def revision(project: Project, names: tuple[str, ...], message: str, autogenerate: bool = False,
+             rev_id: str | None = None) -> tuple[str, Script]:
+    """Write a new revision file for one database; returns (database name, the script)."""
+    if len(names) > 1:
+        raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
+    database = planning.select(project, names).databases[0]
+    activate(project)
+    if autogenerate:
+        project.load_models()
+
+    target: Target | None = make_target(database)
+    if autogenerate and database.tenants is not None:  # compared with a tenant, read-only
+        target = next(iter(targets_of(database)), None)
+        if target is None:
+            raise SelectionError(
+                f"{database.name}: `revision --autogenerate` compares the models with a tenant, "
+                f"and `{database.name}` has none",
+                hint="declare a tenant, or write the revision without --autogenerate",
+            )
+    assert target is not None
+    with Workspace(project) as ws:
+        return database.name, operations.revision(ws, target, message, autogenerate=autogenerate, rev_id=rev_id)
+
+def _database_targets(plan: planning.Plan) -> list[Target]:
+    """One target per database: the database itself (for commands about its versions folder)."""
+
+    return [make_target(database) for database in plan.databases]

@@ -1,0 +1,624 @@
+"""What can be done to one target: flat compositions of scripts + session + EnvironmentContext.
+
+Each operation reads like a function of ``alembic/command.py``: take the database's warm
+ScriptDirectory (:mod:`orchestrator.scripts`), open the target's :class:`~orchestrator.
+session.Session`, hand env.py the target and the connection through ``config.attributes``,
+and return a :class:`~orchestrator.results.TargetResult`. They never raise for a target's
+failure: :func:`attempt` turns it into a result, once, here. Expected failures (the
+database said no, Alembic refused, an orchestrate check) keep a short message; anything
+else also keeps its traceback, which the CLI shows with ``--debug``.
+
+A :class:`Workspace` holds what operations share within one process: the project, the
+script cache, the engines and the replayer. A worker process keeps one for every target
+it runs.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from alembic import command
+from alembic.autogenerate import produce_migrations
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from orchestrator import scripts as planning
+from orchestrator.config import DatabaseConfig, Project
+from orchestrator.dialects import dialect_for
+from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY
+from orchestrator.errors import OrchestrateError, TargetError
+from orchestrator.replay import Replayer
+from orchestrator.results import Status, TargetResult
+from orchestrator.scripts import ScriptCache
+from orchestrator.session import Engines, Session, host_and_pid
+from orchestrator.targets import Target, make_target
+from orchestrator.urls import mask_text
+
+#: First pause before retrying a target that hit lock_timeout; doubles each retry (max 30s).
+RETRY_PAUSE_SECONDS = 2.0
+
+
+class Workspace:
+    """What the operations of one process share: scripts, engines, recordings."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.scripts = ScriptCache(project)
+        self.engines = Engines()
+        self.replayer = Replayer()
+
+    def session(self, target: Target, *, lock: bool = False, create: bool = False) -> Session:
+        return Session(self.engines, target, lock=lock, create=create)
+
+    def close(self) -> None:
+        self.engines.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Tracker:
+    """Follows a migration, so a failure can name its revision and the result can say
+    where the version table was before and after (None: not known)."""
+
+    before: list[str] | None = None
+    after: list[str] | None = None
+    planned: list[tuple[str, str]] = field(default_factory=list)  # (revision, message)
+    callbacks: int = 0  # revisions Alembic reported as applied (before their COMMIT)
+    replay: Any = None
+    _steps: tuple[tuple[str, ...], list[Any]] | None = None
+
+    def plan(self, script: ScriptDirectory, revision: str, heads: tuple[str, ...], upgrade: bool) -> list[Any]:
+        """The steps from ``heads`` to ``revision``, computed once per starting point."""
+        if self._steps is None or self._steps[0] != heads:
+            self._steps = (heads, planning.steps(script, revision, heads, upgrade))
+        steps = self._steps[1]
+        self.planned = [(step.revision.revision, step.revision.doc or "") for step in steps]
+        return steps
+
+    def on_version_apply(self, **_: Any) -> None:
+        self.callbacks += 1
+
+    def failing(self, committed: list[str] | None) -> tuple[str, str] | None:
+        """The planned revision that did not commit: known from the version table when it
+        was read, else Alembic's own count."""
+        if committed is None:
+            index = self.callbacks
+            return self.planned[index] if index < len(self.planned) else None
+        return next(((rev, doc) for rev, doc in self.planned if rev not in committed), None)
+
+
+# ---------------------------------------------------------------------- plumbing
+
+
+def run_env(
+    ws: Workspace,
+    target: Target,
+    fn: Callable[[Any, MigrationContext], list[Any]],
+    connection: Connection | None,
+    options: dict[str, Any] | None = None,
+    output: IO[str] | None = None,
+    **environment: Any,
+) -> None:
+    """Run the shared env.py for ``target`` (online with ``connection``, else offline)."""
+    config = ws.scripts.alembic_config(target.database, output)
+    config.attributes[TARGET_KEY] = target
+    config.attributes[CONNECTION_KEY] = connection
+    config.attributes[OPTIONS_KEY] = {**dialect_for(target).configure_options(target), **(options or {})}
+    script = ws.scripts.script(target.database)
+    with EnvironmentContext(config, script, fn=fn, as_sql=connection is None, **environment):
+        script.run_env()
+
+
+def current_heads(connection: Connection, target: Target) -> list[str]:
+    """The revisions in a target's version table (empty when it has none or is empty)."""
+    context = MigrationContext.configure(connection, opts={"version_table": target.database.version_table})
+    return sorted(context.get_current_heads())
+
+
+def version_table_exists(connection: Connection, target: Target) -> bool:
+    return bool(inspect(connection).has_table(target.database.version_table))
+
+
+def read_after(ws: Workspace, target: Target, connection: Connection | None) -> list[str] | None:
+    """What the version table holds now: on ``connection`` if it still works, else on a
+    fresh one; None when neither can tell."""
+    if connection is not None:
+        try:
+            if connection.in_transaction():
+                connection.rollback()
+            return current_heads(connection, target)
+        except Exception:  # noqa: BLE001 - the connection died with the failure
+            pass
+    try:
+        return ws.session(target).run(lambda fresh: current_heads(fresh, target))
+    except Exception:  # noqa: BLE001 - the server is gone: unknown, said as such
+        return None
+
+
+def attempt(target: Target, operation: Callable[[], TargetResult]) -> TargetResult:
+    """Run one operation for ``target``: every failure becomes a result, here and only here."""
+    started = time.perf_counter()
+    try:
+        result = operation()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a revision is a failed target too
+        result = failure(target, exc)
+    result.duration = time.perf_counter() - started
+    result.worker = host_and_pid()
+    return result
+
+
+def _retrying(target: Target, run: Callable[[], TargetResult]) -> TargetResult:
+    """Run again, after a pause, a target that failed on lock_timeout (``lock_retries`` times)."""
+    result = run()
+    for attempt_no in range(target.database.lock_retries):
+        if not result.lock_timeout:
+            break
+        time.sleep(min(RETRY_PAUSE_SECONDS * 2**attempt_no, 30.0))
+        previous = result
+        result = run()
+        result.duration += previous.duration
+        result.attempts = attempt_no + 2
+    return result
+
+
+def _creates(target: Target) -> bool:
+    tenants = target.database.tenants
+    return bool(target.tenant is not None and tenants is not None and tenants.create)
+
+
+# ---------------------------------------------------------------------- changing operations
+
+
+def upgrade(ws: Workspace, target: Target, revision: str = "heads") -> TargetResult:
+    return _retrying(target, lambda: attempt(target, lambda: migrate(ws, target, revision, True)))
+
+
+def downgrade(ws: Workspace, target: Target, revision: str) -> TargetResult:
+    return _retrying(target, lambda: attempt(target, lambda: migrate(ws, target, revision, False)))
+
+
+def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> TargetResult:
+    script = ws.scripts.script(target.database)
+    tracker = Tracker()
+
+    def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+        steps = tracker.plan(script, revision, heads, upgrading)
+        if target.database.replay and steps:
+            steps, tracker.replay = ws.replayer.wrap(steps, context.connection, target, dialect_for(target))
+        return steps
+
+    def work(connection: Connection) -> None:
+        tracker.before = current_heads(connection, target)
+        if upgrading and not tracker.before and not version_table_exists(connection, target):
+            refuse_unversioned(connection, target)
+        connection.rollback()  # Alembic must start outside a transaction to manage its own
+        try:  # plan now, so that a lock wait before Alembic plans still names the revision
+            tracker.plan(script, revision, tuple(tracker.before), upgrading)
+        except CommandError:
+            pass  # Alembic raises it again, in its place
+        run_watched(ws, target, connection, tracker, plan, {"on_version_apply": tracker.on_version_apply},
+                    destination_rev=revision)
+
+    try:
+        ws.session(target, lock=True, create=_creates(target)).run(work)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a revision fails this target only
+        if tracker.before is not None and tracker.after is None:
+            tracker.after = read_after(ws, target, None)
+        result = failure(target, migration_error(ws, target, exc, tracker, upgrading))
+    else:
+        result = TargetResult.for_target(target, Status.NOOP)
+    result.before, result.after = tracker.before, tracker.after
+    if tracker.after is not None:
+        result.applied = planning.committed(script, [r for r, _ in tracker.planned], tracker.after, upgrading)
+    if result.status is Status.NOOP and result.applied:
+        result.status = Status.UPGRADED if upgrading else Status.DOWNGRADED
+    if tracker.replay is not None:
+        result.replayed = tracker.replay.replayed
+    return result
+
+
+def run_watched(
+    ws: Workspace,
+    target: Target,
+    connection: Connection,
+    tracker: Tracker,
+    fn: Callable[[Any, MigrationContext], list[Any]],
+    options: dict[str, Any] | None = None,
+    **environment: Any,
+) -> None:
+    """Run env.py for a changing operation, watched for sessions that block it; leaves the
+    version table's revisions in ``tracker.after`` (read again after a failure)."""
+    dialect = dialect_for(target)
+    watch = dialect.watch_blockers(None, connection, target)
+    try:
+        with watch:
+            run_env(ws, target, fn, connection, options, **environment)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        tracker.after = read_after(ws, target, connection)
+        if dialect.is_lock_timeout(exc):
+            raise LockTimeout(exc, watch.describe()) from exc
+        raise
+    tracker.after = current_heads(connection, target)
+
+
+class LockTimeout(Exception):
+    """A revision waited longer than lock_timeout; ``blocked_by`` names who held the lock."""
+
+    def __init__(self, cause: BaseException, blocked_by: str | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.blocked_by = blocked_by
+
+
+def migration_error(
+    ws: Workspace, target: Target, exc: BaseException, tracker: Tracker, upgrading: bool
+) -> BaseException:
+    """The error of a failed migration: the revision that did not commit, who blocked it,
+    what was rolled back and where the version table is (or that it is unknown)."""
+    if isinstance(exc, TargetError):
+        return exc
+    blocked_by, lock_timeout = None, False
+    if isinstance(exc, LockTimeout):
+        exc, blocked_by, lock_timeout = exc.cause, exc.blocked_by, True
+    committed = None
+    if tracker.after is not None:
+        committed = planning.committed(
+            ws.scripts.script(target.database), [r for r, _ in tracker.planned], tracker.after, upgrading
+        )
+    failing = tracker.failing(committed) if tracker.planned else None
+    detail = error_text(exc)
+    what = f"revision {failing[0]} ({failing[1]})" if failing else None
+    dialect = dialect_for(target)
+    if lock_timeout:
+        message = (f"{target.name}: {what + ' ' if what else ''}waited longer than lock_timeout "
+                   f"({target.database.lock_timeout:g}s) for a lock: {detail}")
+        message += f"\nblocked by: {blocked_by}" if blocked_by else ""
+        hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
+    elif what:
+        message = f"{target.name}: {what} failed: {detail}"
+        hint = "fix the revision or the data, then rerun"
+    else:
+        if not isinstance(exc, (OrchestrateError, SQLAlchemyError, CommandError)):
+            return exc  # unexpected: keep it (and its traceback)
+        hint = f"see `orchestrate history -n {target.database.name}` for known revisions" if isinstance(
+            exc, CommandError) else None
+        return TargetError(f"{target.name}: {detail}", hint=hint, lock_timeout=lock_timeout)
+    note = dialect.partial_failure_note()
+    if tracker.after is None:
+        message += "\nthe version table could not be read again: where it stands is unknown"
+    elif note:
+        message += f"\n{note} ({', '.join(tracker.after) or 'base (no revision)'})"
+    else:
+        message += f"\nrolled back; the version table is at {', '.join(tracker.after) or 'base (no revision)'}"
+    return TargetError(mask_text(message), revision=failing[0] if failing else None, hint=hint,
+                       lock_timeout=lock_timeout, partial=bool(note and failing))
+
+
+def stamp(ws: Workspace, target: Target, revision: str, purge: bool = False) -> TargetResult:
+    def run() -> TargetResult:
+        script = ws.scripts.script(target.database)
+        tracker = Tracker()
+
+        def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+            tracker.before = sorted(heads)
+            from orchestrator import alembic_compat
+
+            return alembic_compat.stamp_steps(script, (revision,), heads)
+
+        def work(connection: Connection) -> None:
+            # Watched like a migration: it waits for locks (SQLite: busy_timeout) and names blockers.
+            run_watched(ws, target, connection, tracker, plan, destination_rev=(revision,), purge=purge)
+
+        try:
+            ws.session(target, lock=True, create=_creates(target)).run(work)
+        except LockTimeout as exc:
+            raise migration_error(ws, target, exc, tracker, True) from exc
+        status = Status.NOOP if tracker.before == tracker.after else Status.STAMPED
+        return TargetResult.for_target(target, status, before=tracker.before, after=tracker.after)
+
+    return attempt(target, run)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def current(ws: Workspace, target: Target) -> TargetResult:
+    """Where a target stands: its revisions, its head and how many revisions it lags."""
+
+    def run() -> TargetResult:
+        script = ws.scripts.script(target.database)
+        if dialect_for(target).file_missing(target):  # not migrated yet; don't create it by looking
+            head, pending = planning.position(script, [])
+            return TargetResult.for_target(target, Status.OK, before=[], after=[], head=head, pending=pending,
+                                           missing=True, version_table_exists=False)
+
+        def read(connection: Connection) -> tuple[list[str], bool, list[str]]:
+            heads = current_heads(connection, target)
+            exists = bool(heads) or version_table_exists(connection, target)
+            return heads, exists, ([] if exists else unversioned_tables(connection, target))
+
+        heads, exists, unversioned = ws.session(target).run(read)
+        return positioned(target, script, heads, exists, unversioned)
+
+    return attempt(target, run)
+
+
+def positioned(
+    target: Target, script: ScriptDirectory, heads: list[str], exists: bool | None, unversioned: list[str]
+) -> TargetResult:
+    try:
+        head, pending = planning.position(script, heads)
+    except CommandError as exc:
+        raise TargetError(
+            f"{target.name}: the version table `{target.database.version_table}` holds {', '.join(heads)}, "
+            f"which the versions folder {target.database.version_path} does not have ({exc})",
+            hint="is this checkout older than the database? pull the missing revision files",
+        ) from exc
+    return TargetResult.for_target(target, Status.OK, before=heads, after=heads, head=head, pending=pending,
+                                   version_table_exists=exists, unversioned_tables=unversioned)
+
+
+def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]) -> list[TargetResult]:
+    """:func:`current` for many targets of one database; schema-per-tenant fleets are read
+    in bulk, in one connection and a few queries per server instead of one connection each."""
+    tenants = database.tenants
+    if not targets:
+        return []
+    if tenants is None or len(targets) == 1:
+        return [current(ws, t) for t in targets]
+    started = time.perf_counter()
+    script = ws.scripts.script(database)
+    dialect = dialect_for(targets[0])
+    missing_ok = False
+    try:
+        if tenants.mode == "schema":
+            by_tenant = ws.session(make_target(database)).run(
+                lambda connection: dialect.bulk_versions(connection, database.version_table, targets)
+            )
+            versions = {t.name: by_tenant.get(t.tenant or "") for t in targets}
+        else:
+            found = dialect.read_version_tables(targets, database.version_table)
+            if found is None:  # no fast path on this server: one connection per tenant database
+                return [current(ws, t) for t in targets]
+            versions, missing_ok = found, True  # a missing file is a tenant not migrated yet
+    except Exception as exc:  # noqa: BLE001 - the server: every target of it failed to read
+        return [failure(t, exc) for t in targets]
+    results = []
+    for target in targets:
+        heads = versions.get(target.name)
+        if heads is None and not missing_ok:
+            results.append(TargetResult.for_target(
+                target, Status.FAILED,
+                error=f"{target.name}: {'schema' if target.schema else 'database'} {target.tenant!r} does not exist",
+                hint="create it (or set `create: true` under tenants) and upgrade",
+            ))
+            continue
+        results.append(attempt(target, lambda heads=heads: positioned(target, script, heads or [], None, [])))
+    elapsed = (time.perf_counter() - started) / len(targets)
+    for result in results:
+        result.duration = elapsed
+    return results
+
+
+def lost(ws: Workspace, target: Target, operation: str, revision: str | None, why: str,
+         status: Status = Status.LOST) -> TargetResult:
+    """The result of a target whose worker died (LOST) or whose run was aborted (FAILED)
+    while it ran: where its version table really is, read again, and the revision that
+    was running."""
+    dialect = dialect_for(target)
+    message = f"{target.name}: {why}; " + (dialect.partial_failure_note() or "its open revision was rolled back")
+    after = read_after(ws, target, None)
+    if after is None:
+        return TargetResult.for_target(target, status, after=None,
+                                       error=f"{message}; where its version table stands is unknown")
+    running = None
+    if operation in ("upgrade", "downgrade") and revision:
+        try:
+            steps = planning.steps(ws.scripts.script(target.database), revision, tuple(after), operation == "upgrade")
+            running = steps[0].revision.revision if steps else None
+        except (CommandError, OrchestrateError):
+            running = None
+    return TargetResult.for_target(
+        target, status, after=after, failed_revision=running, partial=bool(running and dialect.partial_failure_note()),
+        error=message + f"; the version table is at {', '.join(after) or 'base'}",
+    )
+
+
+def sql(ws: Workspace, target: Target, revision: str, upgrading: bool, output: IO[str]) -> TargetResult:
+    """Offline mode (``--sql``): write the target's migration SQL to ``output``."""
+
+    def run() -> TargetResult:
+        script = ws.scripts.script(target.database)
+        start, _, end = revision.rpartition(":")
+        if not upgrading and not start:
+            raise TargetError(
+                "downgrade --sql needs a range FROM:TO, e.g. head:base",
+                hint="offline SQL cannot read where the database is; say where it starts",
+            )
+
+        def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+            return planning.steps(script, end, heads, upgrading)
+
+        run_env(ws, target, plan, None, output=output, starting_rev=start or None, destination_rev=end)
+        return TargetResult.for_target(target, Status.OK)
+
+    return attempt(target, run)
+
+
+def check(ws: Workspace, target: Target) -> TargetResult:
+    """Compare the models with the database as it is (the options env.py configures, such
+    as include_object, apply): DIFFERENT with the differences, or OK. Creates nothing."""
+
+    def run() -> TargetResult:
+        require_metadata(target.database, "check")
+        script = ws.scripts.script(target.database)
+        found: list[Any] = []
+        heads: list[str] = []
+
+        def compare(current_: tuple[str, ...], context: MigrationContext) -> list[Any]:
+            heads.extend(sorted(current_))
+            migration = produce_migrations(context, target.database.metadata)
+            found.extend(migration.upgrade_ops.as_diffs())
+            return []
+
+        ws.session(target).run(lambda connection: run_env(ws, target, compare, connection, dont_mutate=True))
+        result = positioned(target, script, heads, None, [])
+        result.differences = [describe_diff(d) for d in found]
+        if found or result.pending:
+            result.status = Status.DIFFERENT
+        return result
+
+    return attempt(target, run)
+
+
+def revision(ws: Workspace, target: Target, message: str, autogenerate: bool = False,
+             rev_id: str | None = None) -> Script:
+    """Write a new revision file into the database's versions folder; raises on failure."""
+    database = target.database
+    if autogenerate:
+        require_metadata(database, "revision --autogenerate")
+    ws.scripts.script(database)  # clear errors for a missing env.py or versions folder
+    config = ws.scripts.alembic_config(database)
+    config.attributes[TARGET_KEY] = target
+    config.attributes[OPTIONS_KEY] = dialect_for(target).configure_options(target)
+
+    def write(connection: Connection | None) -> Script:
+        config.attributes[CONNECTION_KEY] = connection
+        made = command.revision(config, message=message, autogenerate=autogenerate, rev_id=rev_id)
+        return made[0] if isinstance(made, list) else made
+
+    try:
+        made = ws.session(target).run(write) if autogenerate else write(None)
+    except CommandError as exc:
+        hint = f"run `orchestrate upgrade -n {database.name}` first" if "not up to date" in str(exc) else None
+        raise TargetError(f"{target.name}: {mask_text(str(exc))}", hint=hint) from exc
+    finally:
+        ws.scripts.forget(database)
+    if made is None:
+        raise TargetError(f"{target.name}: no revision was written")
+    return made
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def unversioned_tables(connection: Connection, target: Target) -> list[str]:
+    """Tables of this database's models that exist although its version table does not.
+    The models are imported here if they were not yet, so the answer never depends on
+    what the process happened to import before."""
+    metadata = target.database.metadata
+    if metadata is None:
+        return []
+    present = set(inspect(connection).get_table_names())
+    return sorted(present & {table.name for table in metadata.tables.values()})
+
+
+def refuse_unversioned(connection: Connection, target: Target) -> None:
+    """Refuse to upgrade a database that holds this database's tables but no version table
+    (an EMPTY version table is base: a `stamp base` after create_all() upgrades)."""
+    ours = unversioned_tables(connection, target)
+    if ours:
+        raise TargetError(
+            f"{target.name}: tables {', '.join(ours)} exist but the version table "
+            f"`{target.database.version_table}` does not, so orchestrate cannot tell which revision they match",
+            hint=f"if the schema already matches the latest revision, adopt it with "
+            f"`orchestrate stamp -n {target.database.name} head`; then upgrade",
+        )
+
+
+def require_metadata(database: DatabaseConfig, what: str) -> None:
+    if database.metadata_ref is None:
+        raise TargetError(
+            f"{database.name}: `{what}` compares models with the database, but `{database.name}` has no `metadata:`",
+            hint=f"set `metadata: package.module:metadata` for `{database.name}` in orchestrate.yaml",
+        )
+    metadata = database.metadata
+    if metadata is None or not metadata.tables:
+        raise TargetError(
+            f"{database.name}: the metadata `{database.metadata_ref}` has no tables, so `{what}` would drop everything",
+            hint="are the models imported? the module named in `metadata:` must import every model module",
+        )
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        text = f"{type(orig).__name__}: {str(orig).strip()}"
+        if exc.statement:
+            statement = " ".join(exc.statement.split())
+            text += f"\n  statement: {statement[:500]}"
+        return mask_text(text)
+    if isinstance(exc, (OrchestrateError, CommandError)):
+        return mask_text(str(exc))
+    if isinstance(exc, SystemExit):
+        return f"the revision called sys.exit({mask_text(repr(exc.code))})"
+    return mask_text(f"{type(exc).__name__}: {exc}")
+
+
+EXPECTED = (OrchestrateError, SQLAlchemyError, CommandError)
+
+
+def failure(target: Target, exc: BaseException) -> TargetResult:
+    """A FAILED result for ``exc``; its text is masked. An unexpected error keeps its
+    (masked) traceback for ``--debug``."""
+    trace = None
+    if isinstance(exc, OrchestrateError):
+        message, hint = exc.message, exc.hint
+        revision_ = getattr(exc, "revision", None)
+    else:
+        message, hint, revision_ = f"{target.name}: {error_text(exc)}", None, None
+        if not isinstance(exc, EXPECTED):
+            trace = mask_text("".join(traceback.format_exception(exc)))
+    return TargetResult.for_target(
+        target,
+        Status.FAILED,
+        error=mask_text(message),
+        hint=hint and mask_text(hint),
+        failed_revision=revision_,
+        partial=bool(getattr(exc, "partial", False)),
+        lock_timeout=bool(getattr(exc, "lock_timeout", False)),
+        traceback=trace,
+    )
+
+
+def describe_diff(diff: Any) -> str:
+    """One line per autogenerate difference, for people."""
+    if isinstance(diff, list):
+        return "; ".join(describe_diff(d) for d in diff)
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        return f"{'+' if kind == 'add_table' else '-'} table {diff[1].name}"
+    if kind in ("add_column", "remove_column"):
+        column = diff[3]
+        return f"{'+' if kind == 'add_column' else '-'} column {diff[2]}.{column.name} {column.type}"
+    if kind in ("add_index", "remove_index"):
+        index = diff[1]
+        return (f"{'+' if kind == 'add_index' else '-'} index {index.name} on {index.table.name} "
+                f"({', '.join(c.name for c in index.columns)})")
+    if kind in ("add_constraint", "remove_constraint", "add_fk", "remove_fk"):
+        constraint = diff[1]
+        sign = "+" if kind.startswith("add") else "-"
+        return f"{sign} {type(constraint).__name__} {constraint.name or ''} on {constraint.table.name}".replace("  ", " ")
+    if kind.startswith("modify_"):
+        _, _schema, table, column, _existing, old, new = diff
+        return f"~ column {table}.{column} {kind.removeprefix('modify_')}: {old} -> {new}"
+    return " ".join(str(part) for part in diff)
