@@ -317,7 +317,7 @@ def _invoices() -> sa.Table:
     op.execute("UPDATE accounts SET country = 'DE' WHERE email LIKE '%.de'")
     op.execute("UPDATE accounts SET country = 'US' WHERE country IS NULL")
 """, ""),
-    ("accounts.email is required", f"""
+    ("accounts.email is required", """
     with op.batch_alter_table("accounts", copy_from=_accounts() if context.is_offline_mode() else None) as batch_op:
         batch_op.alter_column("email", existing_type=sa.String(255), nullable=False)
 """, f"""

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import platform
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -157,7 +157,7 @@ class Bench:
         except psycopg.Error as exc:
             self.pg_db = None  # nothing to drop
             raise SystemExit(f"cannot reach PostgreSQL at {url.render_as_string()}: {exc}\n"
-                             "start it, point --pg-url (or ORCH_TEST_PG_URL) at one, or pass --skip-postgres")
+                             "start it, point --pg-url (or ORCH_TEST_PG_URL) at one, or pass --skip-postgres") from None
         self.report.notes.append(f"PostgreSQL {version} at {url.host}:{url.port or 5432}, throwaway database {self.pg_db}")
 
     def drop_postgres(self) -> None:
@@ -660,7 +660,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="orchestrate-bench-"))
     sqlite_base = args.sqlite_dir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)

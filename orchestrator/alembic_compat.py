@@ -61,12 +61,12 @@ check()
 
 def upgrade_steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...]) -> list[Any]:
     """The steps ``alembic upgrade revision`` takes from ``heads`` (as command.upgrade plans them)."""
-    return list(script._upgrade_revs(revision, heads))  # PRIVATE
+    return list(script._upgrade_revs(revision, heads))  # type: ignore[arg-type]  # PRIVATE
 
 
 def downgrade_steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...]) -> list[Any]:
     """The steps ``alembic downgrade revision`` takes from ``heads``."""
-    return list(script._downgrade_revs(revision, heads))  # PRIVATE
+    return list(script._downgrade_revs(revision, heads))  # type: ignore[arg-type]  # PRIVATE
 
 
 def stamp_steps(script: ScriptDirectory, revisions: tuple[str, ...], heads: tuple[str, ...]) -> list[Any]:

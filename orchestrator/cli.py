@@ -10,10 +10,10 @@ import functools
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
@@ -71,7 +71,7 @@ class OrchestrateGroup(click.Group):
             ctx.exit(EXIT_FAILED)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the last resort: say it plainly, traceback with --debug
             debug = bool(ctx.obj and ctx.obj.debug)
             _print_error(
                 ctx,

@@ -14,10 +14,11 @@ A run, top to bottom::
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,7 @@ from orchestrator.results import Outcome, Status, TargetResult
 from orchestrator.scheduler import Scheduler
 from orchestrator.targets import Target, make_target, targets_of
 
+
 @dataclass(frozen=True)
 class Selection:
     """Which targets: ``-n``/``--all``, ``--tenant``, ``--tenants-from``, ``--shard``, ``--retry-failed``."""
@@ -44,6 +46,7 @@ class Selection:
     tenants_from: Path | None = None
     shard: str | None = None
     retry_failed: Path | None = None
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -57,12 +60,14 @@ class RunOptions:
     on_plan: Callable[[int], None] | None = field(default=None, compare=False)  # told the number of targets
     cancelled: threading.Event | None = field(default=None, compare=False)
 
+
 @dataclass
 class RunResult:
     """A changing command's outcome and its report document (also written to ``report_path``)."""
 
     outcome: Outcome
     document: dict[str, Any]
+
 
 def plan_for(project: Project, selection: Selection, *, reverse: bool = False, all_if_none: bool = False) -> planning.Plan:
     """Selection -> Plan; every selection error (exit 2) is raised here, before anything runs."""
@@ -83,11 +88,12 @@ def plan_for(project: Project, selection: Selection, *, reverse: bool = False, a
         only=only,
     )
 
+
 def _run(project: Project, command: str, plan: planning.Plan, operation: Operation, options: RunOptions,
          respect_dependencies: bool = True) -> RunResult:
     """Run a changing operation over a plan, write its report; the one path of upgrade,
     downgrade and stamp, for the CLI and the API alike."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     if options.report_path is not None:
         report.check_writable(options.report_path)
     activate(project)
@@ -107,21 +113,25 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
         report.write_json(options.report_path, document)
     return RunResult(outcome, document)
 
+
 def upgrade(project: Project, selection: Selection, options: RunOptions, revision: str = "heads") -> RunResult:
     """Upgrade the selected targets to ``revision``, dependencies first."""
     plan = plan_for(project, selection)
     return _run(project, "upgrade", plan, Operation("upgrade", (revision,)), options)
+
 
 def downgrade(project: Project, selection: Selection, options: RunOptions, revision: str) -> RunResult:
     """Downgrade the selected targets to ``revision``, dependents first."""
     plan = plan_for(project, selection, reverse=True)
     return _run(project, "downgrade", plan, Operation("downgrade", (revision,)), options)
 
+
 def stamp(project: Project, selection: Selection, options: RunOptions, revision: str,
           purge: bool = False) -> RunResult:
     """Record ``revision`` in the version tables without running migrations."""
     plan = plan_for(project, selection)
     return _run(project, "stamp", plan, Operation("stamp", (revision, purge)), options)
+
 
 def current(project: Project, selection: Selection) -> Outcome:
     """Where every selected target stands (default: everything); fleets read in bulk."""
@@ -134,7 +144,9 @@ def current(project: Project, selection: Selection) -> Outcome:
             outcome.results.extend(operations.read_versions(ws, database, targets))
     return outcome
 
+
 status = current  # the same reading; the CLI renders it as a summary
+
 
 def check(project: Project, selection: Selection) -> Outcome:
     """Compare models with every selected target; DIFFERENT where they differ."""
@@ -143,6 +155,7 @@ def check(project: Project, selection: Selection) -> Outcome:
     project.load_models()
     with Workspace(project) as ws:
         return Outcome([operations.check(ws, target) for target in plan.targets])
+
 
 def sql(project: Project, selection: Selection, revision: str, upgrading: bool, output: IO[str],
         on_result: Callable[[TargetResult], None] | None = None) -> Outcome:
@@ -173,15 +186,16 @@ def sql(project: Project, selection: Selection, revision: str, upgrading: bool, 
                 on_result(result)
     return outcome
 
+
 def heads(project: Project, names: tuple[str, ...] = ()) -> Outcome:
     """The head revision(s) of each selected database's versions folder."""
     plan = planning.select(project, names, all_if_none=True)
     ws = Workspace(project)
-    return Outcome([
-        operations.attempt(target, lambda target=target: TargetResult.for_target(
-            target, Status.OK, head=sorted(ws.scripts.script(target.database).get_heads())))
-        for target in _database_targets(plan)
-    ])
+    def read(target: Target) -> TargetResult:
+        return TargetResult.for_target(target, Status.OK, head=sorted(ws.scripts.script(target.database).get_heads()))
+
+    return Outcome([operations.attempt(t, functools.partial(read, t)) for t in _database_targets(plan)])
+
 
 def history(project: Project, names: tuple[str, ...] = ()) -> Outcome:
     """Each selected database's revisions, newest first (``revisions`` of each result)."""
@@ -198,12 +212,14 @@ def history(project: Project, names: tuple[str, ...] = ()) -> Outcome:
         ]
         return TargetResult.for_target(target, Status.OK, head=head, revisions=entries)
 
-    return Outcome([operations.attempt(t, lambda t=t: read(t)) for t in _database_targets(plan)])
+    return Outcome([operations.attempt(t, functools.partial(read, t)) for t in _database_targets(plan)])
+
 
 def revision_scripts(project: Project, name: str) -> list[Script]:
     """A database's revisions as Alembic's Script objects, newest first (for rendering)."""
     database = planning.select(project, (name,)).databases[0]
     return list(Workspace(project).scripts.script(database).walk_revisions())
+
 
 def revision(project: Project, names: tuple[str, ...], message: str, autogenerate: bool = False,
              rev_id: str | None = None) -> tuple[str, Script]:
@@ -227,6 +243,7 @@ def revision(project: Project, names: tuple[str, ...], message: str, autogenerat
     assert target is not None
     with Workspace(project) as ws:
         return database.name, operations.revision(ws, target, message, autogenerate=autogenerate, rev_id=rev_id)
+
 
 def _database_targets(plan: planning.Plan) -> list[Target]:
     """One target per database: the database itself (for commands about its versions folder)."""

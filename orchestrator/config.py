@@ -171,7 +171,7 @@ def parse_duration(value: Any, maximum: float | None = None) -> float:
     Finite, not negative, and at most ``maximum`` seconds (when given).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("expected a duration such as 10s, 500ms or 2m")  # noqa: TRY004 - pydantic wants ValueError
+        raise ValueError("expected a duration such as 10s, 500ms or 2m")
     if isinstance(value, str):
         match = _DURATION.fullmatch(value)
         if not match:

@@ -14,6 +14,7 @@ it runs.
 """
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Callable
@@ -198,7 +199,7 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
 
     def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         steps = tracker.plan(script, revision, heads, upgrading)
-        if target.database.replay and steps:
+        if target.database.replay and steps and context.connection is not None:
             steps, tracker.replay = ws.replayer.wrap(steps, context.connection, target, dialect_for(target))
         return steps
 
@@ -276,9 +277,11 @@ def migration_error(
     what was rolled back and where the version table is (or that it is unknown)."""
     if isinstance(exc, TargetError):
         return exc
-    blocked_by, lock_timeout = None, False
+    blocked_by: str | None = None
+    lock_timeout = False
     if isinstance(exc, LockTimeout):
-        exc, blocked_by, lock_timeout = exc.cause, exc.blocked_by, True
+        blocked_by, lock_timeout = exc.blocked_by, True
+        exc = exc.cause
     committed = None
     if tracker.after is not None:
         committed = planning.committed(
@@ -292,7 +295,7 @@ def migration_error(
         message = (f"{target.name}: {what + ' ' if what else ''}waited longer than lock_timeout "
                    f"({target.database.lock_timeout:g}s) for a lock: {detail}")
         message += f"\nblocked by: {blocked_by}" if blocked_by else ""
-        hint = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
+        hint: str | None = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
     elif what:
         message = f"{target.name}: {what} failed: {detail}"
         hint = "fix the revision or the data, then rerun"
@@ -412,7 +415,7 @@ def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]
                 hint="create it (or set `create: true` under tenants) and upgrade",
             ))
             continue
-        results.append(attempt(target, lambda heads=heads: positioned(target, script, heads or [], None, [])))
+        results.append(attempt(target, functools.partial(positioned, target, script, heads or [], None, [])))
     elapsed = (time.perf_counter() - started) / len(targets)
     for result in results:
         result.duration = elapsed
@@ -476,8 +479,10 @@ def check(ws: Workspace, target: Target) -> TargetResult:
 
         def compare(current_: tuple[str, ...], context: MigrationContext) -> list[Any]:
             heads.extend(sorted(current_))
-            migration = produce_migrations(context, target.database.metadata)
-            found.extend(migration.upgrade_ops.as_diffs())
+            metadata = target.database.metadata
+            assert metadata is not None  # require_metadata said so
+            ops = produce_migrations(context, metadata).upgrade_ops
+            found.extend(ops.as_diffs() if ops is not None else [])
             return []
 
         ws.session(target).run(lambda connection: run_env(ws, target, compare, connection, dont_mutate=True))
@@ -501,7 +506,7 @@ def revision(ws: Workspace, target: Target, message: str, autogenerate: bool = F
     config.attributes[TARGET_KEY] = target
     config.attributes[OPTIONS_KEY] = dialect_for(target).configure_options(target)
 
-    def write(connection: Connection | None) -> Script:
+    def write(connection: Connection | None) -> Script | None:
         config.attributes[CONNECTION_KEY] = connection
         made = command.revision(config, message=message, autogenerate=autogenerate, rev_id=rev_id)
         return made[0] if isinstance(made, list) else made

@@ -113,7 +113,8 @@ class Replayer:
             state.fingerprint = dialect.schema_fingerprint(connection)
             if recorder is not None:
                 self._recordings[key] = (
-                    _NOT_REPLAYABLE if recorder.why_not else Recording(tuple(recorder.statements), state.fingerprint)
+                    _NOT_REPLAYABLE if recorder.why_not or state.fingerprint is None
+                    else Recording(tuple(recorder.statements), state.fingerprint)
                 )
 
         return run

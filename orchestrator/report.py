@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def print_summary(console: Console, outcome: Outcome) -> None:
 def document(command: str, outcome: Outcome, config_path: Path, started: datetime | None = None) -> dict[str, Any]:
     """The one machine-readable document of every command (``--json``, ``--report``):
     ``version``, the command, and one entry per target (see report.schema.json)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "version": REPORT_VERSION,
         "command": command,

@@ -10,7 +10,7 @@ the private Alembic calls that :mod:`orchestrator.alembic_compat` owns.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -28,7 +28,7 @@ class ScriptCache:
         self.project = project
         self._scripts: dict[str, ScriptDirectory] = {}
 
-    def alembic_config(self, database: DatabaseConfig, output: IO[str] | None = None) -> Config:
+    def alembic_config(self, database: DatabaseConfig, output: Any = None) -> Config:
         """An in-memory Alembic Config for one database: the shared env.py, its own versions."""
         config = Config(output_buffer=output)
         config.set_main_option("script_location", str(self.project.script_location))

@@ -34,7 +34,7 @@ def _server_or_skip(url: str, what: str) -> None:
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         message = f"{what} at {make_url(url).render_as_string(hide_password=True)} is not reachable: {exc}"
         if REQUIRE_SERVERS:
             pytest.fail(message + " (ORCH_REQUIRE_SERVERS=1)")

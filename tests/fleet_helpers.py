@@ -11,11 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from conftest import MYSQL_URL
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-
-from conftest import MYSQL_URL
 
 # ---------------------------------------------------------------------- lineages
 

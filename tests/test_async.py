@@ -19,11 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
-
-import orchestrator
 from conftest import REPO, sqlite_url
-from orchestrator import MigrationFailed, OrchestrateError
+from sqlalchemy.engine import make_url
 from test_commands import (
     CATALOG_HEAD,
     HEADS,
@@ -37,7 +34,10 @@ from test_commands import (
     version_rows,
     write_revision,
 )
-from test_safety import RUNS_REV, SLOW_REV, add_slow_revisions, assert_sessions_gone, runs_rows
+from test_safety import SLOW_REV, add_slow_revisions, assert_sessions_gone, runs_rows
+
+import orchestrator
+from orchestrator import MigrationFailed, OrchestrateError
 
 SECRET = "s3cr3t-Pa55"
 
@@ -145,7 +145,7 @@ def test_sync_upgrade_from_plain_threads_at_once(make_project, tmp_path, request
     def run() -> None:
         try:
             outcomes.append(orchestrator.upgrade(config_path=s.project.config, all_=True))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]

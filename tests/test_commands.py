@@ -23,11 +23,10 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from conftest import REPO, Project, mysql_connections, pg_connections, shop_config, sqlite_url
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-
-from conftest import REPO, Project, mysql_connections, pg_connections, shop_config, sqlite_url
 
 NAMES = ("users", "catalog", "orders")
 

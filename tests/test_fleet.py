@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-
 from conftest import Project, sqlite_url
 from fleet_helpers import (
     CORE_A,

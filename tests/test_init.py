@@ -86,7 +86,7 @@ def test_the_generated_env_py_refuses_to_run_under_plain_alembic(make_project, t
     config.set_main_option("sqlalchemy.url", f"sqlite:///{tmp_path / 'x.db'}")
     try:
         command.upgrade(config, "head")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert "run by orchestrate" in str(exc)
     else:  # pragma: no cover
         raise AssertionError("env.py ran without orchestrate")

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PG_URL, Project, sqlite_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
-
-from conftest import PG_URL, Project, sqlite_url
 from test_commands import (
     CATALOG_HEAD,
-    HEADS,
     NAMES,
     ORDERS_HEAD,
     SEED_CATEGORIES,

@@ -52,7 +52,7 @@ def is_async_url(url: URL) -> bool:
     """Does this URL name an asyncio driver (psycopg_async, asyncpg, aiosqlite, aiomysql...)?"""
     try:
         return bool(url.get_dialect().is_async)
-    except Exception:  # an unknown driver: create_engine will say so clearly
+    except Exception:  # noqa: BLE001 - an unknown driver: create_engine will say so clearly
         return False
 
 

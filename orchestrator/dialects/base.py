@@ -19,7 +19,6 @@ from orchestrator.errors import TargetError
 from orchestrator.urls import parse_url
 
 if TYPE_CHECKING:
-    from orchestrator.config import DatabaseConfig
     from orchestrator.targets import Target
 
 #: How often a waiting run asks again for a migration lock that another run holds.
@@ -182,7 +181,7 @@ class Dialect:
         queries; a tenant whose schema (MySQL: database) is missing is left out, one with
         no version table maps to []. information_schema serves PostgreSQL and MySQL alike."""
         containers = {self.container(t): t.tenant or "" for t in targets}
-        names = bindparam("names", expanding=True)
+        names: Any = bindparam("names", expanding=True)
         existing = set(connection.execute(
             text("SELECT schema_name FROM information_schema.schemata WHERE schema_name IN :names").bindparams(names),
             {"names": list(containers)},

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from orchestrator.blockers import PollingWatch, mysql_blockers, mysql_has_metadata_lock_info
 from orchestrator.dialects.base import (
     BACKEND_ID_KEY,
     BlockerWatch,
@@ -22,6 +21,7 @@ from orchestrator.dialects.base import (
     lender,
     lock_name,
 )
+from orchestrator.dialects.blockers import PollingWatch, mysql_blockers, mysql_has_metadata_lock_info
 from orchestrator.urls import parse_url
 
 if TYPE_CHECKING:

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import re
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from orchestrator.blockers import PollingWatch, postgresql_blockers
 from orchestrator.dialects.base import (
     BACKEND_ID_KEY,
     LOCK_POLL_SECONDS,
@@ -26,6 +25,7 @@ from orchestrator.dialects.base import (
     lock_name,
     lock_owner,
 )
+from orchestrator.dialects.blockers import PollingWatch, postgresql_blockers
 from orchestrator.errors import TargetError
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class PostgreSQL(Dialect):
 
     def schema_fingerprint(self, connection: Connection) -> str | None:
         schema = connection.execute(text("SELECT current_schema()")).scalar() or ""
-        rows = connection.execute(self._FINGERPRINT).all()
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in connection.execute(self._FINGERPRINT).all()]
         # Definitions qualified with the tenant's own schema would differ between tenants.
         for prefix in (f'"{schema}".', f"{schema}."):
             rows = [tuple(str(v).replace(prefix, "") if v is not None else None for v in row) for row in rows]

@@ -6,14 +6,13 @@ import os
 import re
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from orchestrator.blockers import sqlite_write_lock_holders
 from orchestrator.dialects.base import (
     LOCK_POLL_SECONDS,
     BlockerWatch,
@@ -24,6 +23,7 @@ from orchestrator.dialects.base import (
     causes,
     digest,
 )
+from orchestrator.dialects.blockers import sqlite_write_lock_holders
 from orchestrator.urls import parse_url
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class SQLite(Dialect):
                         raise busy(target, time.monotonic() - started, holder) from None
                     time.sleep(LOCK_POLL_SECONDS)
             # Say who holds it, for the next run that has to wait.
-            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S%z")
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S%z")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
         except BaseException:

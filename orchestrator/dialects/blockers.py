@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
 
+from orchestrator.dialects.base import BlockerWatch
 from orchestrator.urls import mask_text
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _seconds(value: Any) -> str:
         return "?"
 
 
-class PollingWatch:
+class PollingWatch(BlockerWatch):
     """A :class:`orchestrator.dialects.BlockerWatch` that polls the server from a thread.
 
     ``connect`` opens (or lends) the connection the thread uses and returns it with a
@@ -221,7 +222,8 @@ def mysql_blockers(connection: Connection, me: int, database: str | None, mdl_pl
     )
     lead = "row lock"
     certain = True
-    unsure = "one of these sessions with an open transaction holds it (MariaDB names the holder only with the metadata_lock_info plugin)"
+    unsure = ("one of these sessions with an open transaction holds it "
+              "(MariaDB names the holder only with the metadata_lock_info plugin)")
     blind = exact is None  # no PROCESS privilege: the InnoDB views are closed to this user
     if not exact and "metadata lock" in state:
         lead = "table metadata lock"
@@ -314,7 +316,9 @@ def sqlite_write_lock_holders(database: str) -> list[str]:
     """
     locks = Path("/proc/locks")
     wanted: dict[tuple[int, int, int], range | tuple[int, ...]] = {}
-    for path, places in ((database, _SQLITE_WRITE_BYTES), (database + "-shm", (_SQLITE_WAL_WRITE_BYTE,))):
+    sources: tuple[tuple[str, range | tuple[int, ...]], ...] = (
+        (database, _SQLITE_WRITE_BYTES), (database + "-shm", (_SQLITE_WAL_WRITE_BYTE,)))
+    for path, places in sources:
         try:
             st = os.stat(path)
         except OSError:
@@ -339,16 +343,16 @@ def sqlite_write_lock_holders(database: str) -> list[str]:
             end = int(fields[7]) if fields[7] != "EOF" else 1 << 62
         except ValueError:
             continue
-        places = wanted.get(key)
-        if places is None or not any(start <= b <= end for b in places):
+        found = wanted.get(key)
+        if found is None or not any(start <= b <= end for b in found):
             continue
         if pid > 0 and pid not in pids:
             pids.append(pid)
-    found = []
+    holders: list[str] = []
     for pid in pids:
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             name = "?"
-        found.append(f"pid {pid} ({name}{', this process' if pid == os.getpid() else ''})")
-    return found
+        holders.append(f"pid {pid} ({name}{', this process' if pid == os.getpid() else ''})")
+    return holders
