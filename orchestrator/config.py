@@ -87,8 +87,6 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{[^}]*\}?")
 # Control characters (C0, DEL, C1): never part of a URL, a name or a path.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# Ports a URL may leave out: host/db and host:5432/db are the same place.
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # Names a version table must not take: the servers' own catalogs.
 _SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
@@ -384,6 +382,7 @@ class TenantsConfig:
     pattern: str = DEFAULT_TENANT_PATTERN
     create: bool = False
     source: str = "names"  # for messages: "names", "tenants.txt", "query"
+    query_line: int = 0  # line of `query:` in orchestrate.yaml, for messages about the query
 
 
 @dataclass(frozen=True)
@@ -1523,6 +1522,7 @@ def _resolve_tenants(loader: _Loader, path: Path_, raw: RawTenants, url: str, ro
         pattern=raw.pattern,
         create=raw.create,
         source=source if raw.query is None else "query",
+        query_line=(loader.lines.of(path + ("query",)) or 0) if raw.query is not None else 0,
     )
 
 
@@ -1773,26 +1773,19 @@ def _check_cycles(loader: _Loader, databases: dict[str, DatabaseConfig]) -> None
 def version_table_place(url: str, schema: str | None, version_table: str) -> tuple[Any, ...] | None:
     """Where a version table lives: same tuple = the same table. None for in-memory SQLite."""
     parsed = parse_url(url)
-    backend = _server_backend(parsed.get_backend_name())
-    if backend == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            return None
-        return (backend, os.path.realpath(parsed.database), schema, version_table)
-    host = (parsed.host or "localhost").lower()
-    return (backend, host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database, schema, version_table)
+    return _dialect(parsed).version_table_place(parsed, schema, version_table)
 
 
-def _server_backend(backend: str) -> str:
-    return "mysql" if backend == "mariadb" else backend  # one server, two names
+def _dialect(parsed: Any) -> Any:
+    from orchestrator.dialects import for_backend  # the dialects know where things live
+
+    return for_backend(parsed.get_backend_name())
 
 
 def _server_of(db: DatabaseConfig) -> tuple[Any, ...]:
     """Which server (or, for SQLite, which machine) a database's targets live on."""
     parsed = parse_url(db.url)
-    backend = _server_backend(parsed.get_backend_name())
-    if backend == "sqlite":
-        return (backend,)
-    return (backend, (parsed.host or "localhost").lower(), parsed.port or _DEFAULT_PORTS.get(backend))
+    return tuple(_dialect(parsed).server_key(parsed))
 
 
 def _version_table_places(db: DatabaseConfig) -> list[tuple[Any, ...]]:
@@ -1822,23 +1815,8 @@ def _tenant_place_deriver(db: DatabaseConfig) -> Callable[[str], tuple[Any, ...]
     tenants = db.tenants
     assert tenants is not None
     parsed = parse_url(db.url)
-    backend = _server_backend(parsed.get_backend_name())
-    table = db.version_table
-    if backend == "sqlite":
-        template = parsed.database or ""
-        at = template.find(TENANT_PLACEHOLDER)
-        if tenants.mode != "database" or at < 0:
-            return None
-        cut = template.rfind("/", 0, at) + 1
-        folder, rest = os.path.realpath(template[:cut] or "."), template[cut:]
-        return lambda name: (backend, os.path.normpath(f"{folder}/{rest.replace(TENANT_PLACEHOLDER, name)}"), None, table)
-    server = (backend, (parsed.host or "localhost").lower(), parsed.port or _DEFAULT_PORTS.get(backend))
-    if tenants.mode == "database":
-        template = parsed.database or ""
-        return lambda name: (*server, template.replace(TENANT_PLACEHOLDER, name), None, table)
-    if backend == "postgresql":
-        return lambda name: (*server, parsed.database, name, table)
-    return lambda name: (*server, name, None, table)
+    place: Callable[[str], tuple[Any, ...]] | None = _dialect(parsed).tenant_place(parsed, tenants.mode, db.version_table)
+    return place
 
 
 def _check_version_tables(loader: _Loader, databases: dict[str, DatabaseConfig]) -> None:

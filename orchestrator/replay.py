@@ -74,7 +74,7 @@ class Replayer:
     def wrap(self, steps: list[Any], connection: Connection, target: Target, dialect: Dialect) -> tuple[list[Any], _TargetState]:
         """Steps whose migration functions replay a recording when one fits."""
         state = _TargetState()
-        tenant = target.schema or (target.tenant if target.dialect == "mysql" else None)
+        tenant = dialect.own_name(target)
         pattern = re.compile(rf"(?<![\w$]){re.escape(tenant)}(?![\w$])") if tenant else None
         wrapped = [_Step(step, self._runner(step, connection, target, dialect, state, pattern)) for step in steps]
         return wrapped, state

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import bindparam, text
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 LOCK_POLL_SECONDS = 0.2
 #: Where ``prepare`` leaves the server's id of a connection (PostgreSQL pid, MySQL thread id).
 BACKEND_ID_KEY = "orchestrate.backend_id"
+#: How a database's URL names a tenant's own database (mode: database).
+TENANT_PLACEHOLDER = "{tenant}"
 #: Version tables read per UNION ALL statement by the bulk reader.
 BULK_CHUNK = 500
 #: Schema or database names no tenant may take, whatever its pattern says.
@@ -104,6 +107,33 @@ class Dialect:
 
     #: Longest identifier the server accepts, in bytes (UTF-8); None: no limit known.
     identifier_limit: ClassVar[int | None] = None
+    #: The port a URL may leave out (host/db and host:PORT/db are the same place).
+    default_port: ClassVar[int | None] = None
+
+    # -- where things live (same tuple = the same place) --------------------------------
+
+    def server_key(self, url: URL) -> tuple[Any, ...]:
+        """Which server a URL reaches (mariadb:// and mysql:// are one server family)."""
+        family = self.name if self.name != "default" else url.get_backend_name()
+        return (family, (url.host or "localhost").lower(), url.port or self.default_port)
+
+    def version_table_place(self, url: URL, schema: str | None, table: str) -> tuple[Any, ...] | None:
+        """Where a version table lives; None where nothing else could share it (in memory)."""
+        return (*self.server_key(url), url.database, schema, table)
+
+    def tenant_place(self, url: URL, mode: str, table: str) -> Callable[[str], tuple[Any, ...]] | None:
+        """tenant name -> :meth:`version_table_place` of its target, derived from the
+        database's URL without building each Target (fleets of 100,000 tenants)."""
+        server = self.server_key(url)
+        template = url.database or ""
+        if mode == "database":
+            return lambda name: (*server, template.replace(TENANT_PLACEHOLDER, name), None, table)
+        return lambda name: (*server, name, None, table)  # a database per tenant (MySQL)
+
+    def own_name(self, target: Target) -> str | None:
+        """The tenant's own name on the server (its schema or database), which a recorded
+        statement must not contain to be replayed on another tenant; None if it has none."""
+        return target.schema
 
     def engine_url(self, target: Target) -> URL:
         return parse_url(target.url)

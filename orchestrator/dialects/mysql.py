@@ -32,6 +32,10 @@ class MySQL(Dialect):
     name = "mysql"
     engine_serves_many_databases = False
     identifier_limit = 64
+    default_port = 3306
+
+    def own_name(self, target: Target) -> str | None:
+        return parse_url(target.url).database if target.tenant is not None else None
     probes_server = True
 
     def socket_of(self, raw: Any) -> socket.socket | None:

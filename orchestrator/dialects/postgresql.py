@@ -6,10 +6,11 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 
 from orchestrator.dialects.base import (
     BACKEND_ID_KEY,
@@ -27,6 +28,7 @@ from orchestrator.dialects.base import (
 )
 from orchestrator.dialects.blockers import PollingWatch, postgresql_blockers
 from orchestrator.errors import TargetError
+from orchestrator.urls import parse_url
 
 if TYPE_CHECKING:
     from orchestrator.targets import Target
@@ -39,6 +41,16 @@ class PostgreSQL(Dialect):
     name = "postgresql"
     lock_needs_connection = True
     identifier_limit = 63
+    default_port = 5432
+
+    def tenant_place(self, url: URL, mode: str, table: str) -> Callable[[str], tuple[Any, ...]] | None:
+        if mode == "database":
+            return super().tenant_place(url, mode, table)
+        server = self.server_key(url)
+        return lambda name: (*server, url.database, name, table)  # a schema per tenant
+
+    def own_name(self, target: Target) -> str | None:
+        return target.schema or (parse_url(target.url).database if target.tenant is not None else None)
     probes_server = True
 
     def socket_of(self, raw: Any) -> socket.socket | None:
