@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
 from orchestrator.dialects.base import (
     LOCK_POLL_SECONDS,
@@ -66,6 +66,15 @@ class SQLite(Dialect):
             # read would get "database is locked" at its first write at once, without
             # waiting busy_timeout for the writer to finish.
             connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get(SQLITE_IMMEDIATE_KEY) else "BEGIN")
+
+        @event.listens_for(engine, "handle_error")
+        def _end_a_failed_commit(context: ExceptionContext) -> None:
+            # A COMMIT that fails (SQLITE_BUSY: a reader keeps it from taking the EXCLUSIVE
+            # lock; SQLITE_FULL) leaves SQLite's transaction open, while SQLAlchemy holds
+            # it ended: the next BEGIN would fail with "cannot start a transaction within a
+            # transaction" and blame the wrong revision. End it where it failed.
+            if context.statement is None and context.connection is not None and not context.is_disconnect:
+                rollback_open_transaction(context.connection)
 
     def prepare(self, connection: Connection, target: Target) -> None:
         timeout_ms = int(target.database.lock_timeout * 1000)
@@ -163,6 +172,57 @@ class SQLite(Dialect):
         return MigrationLock(release)
 
 
+def rollback_open_transaction(connection: Connection) -> None:
+    """Roll back, at the driver, a transaction SQLite still holds open (pysqlite and the
+    aiosqlite adapter only send ROLLBACK when one is open); errors are left to the caller's."""
+    try:
+        raw = connection.connection.dbapi_connection
+        if raw is not None:
+            raw.rollback()
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        pass
+
+
+# SQLite's lock bytes in the database file (rollback journal): a reader holds a READ lock
+# on the SHARED range while its read transaction is open.
+_SHARED_FIRST, _SHARED_SIZE = 0x40000002, 510
+
+
+def sqlite_readers(database: str) -> list[str]:
+    """Processes with a read transaction open on ``database`` (a READ lock on SQLite's
+    SHARED bytes, from /proc/locks on Linux), named by pid and command name only."""
+    try:
+        st = os.stat(database)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids: list[int] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] not in ("POSIX", "OFDLCK") or fields[3] != "READ":
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+            start = int(fields[6])
+            end = int(fields[7]) if fields[7] != "EOF" else 1 << 62
+            key = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        if key == wanted and start <= _SHARED_FIRST + _SHARED_SIZE - 1 and end >= _SHARED_FIRST and pid > 0:
+            if pid not in pids:
+                pids.append(pid)
+    named = []
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        named.append(f"pid {pid} ({name}{', this process' if pid == os.getpid() else ''})")
+    return named
+
+
 class _SQLiteWriteWatch(BlockerWatch):
     """While a SQLite migration runs: its transactions begin IMMEDIATE (so busy_timeout
     bounds the wait for the write lock); afterwards, who held that lock."""
@@ -183,8 +243,12 @@ class _SQLiteWriteWatch(BlockerWatch):
         if not database or database == ":memory:" or database.startswith("file:"):
             return "another connection holds a write lock on the database"
         holders = sqlite_write_lock_holders(database)
-        return f"another connection holds a write lock on {database}" + (
-            f" ({'; '.join(holders)})" if holders else ""
-        )
+        if holders:
+            return f"another connection holds a write lock on {database} ({'; '.join(holders)})"
+        readers = sqlite_readers(database)
+        if readers:
+            # A read transaction left open keeps a COMMIT from taking the EXCLUSIVE lock.
+            return f"a read transaction is open on {database} ({'; '.join(readers)})"
+        return f"another connection holds a lock on {database}"
 
 
