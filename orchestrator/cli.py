@@ -39,6 +39,16 @@ class State:
     out: Console = field(default_factory=lambda: _console(stderr=False))
     err: Console = field(default_factory=lambda: _console(stderr=True))
     _project: Project | None = None
+    #: -x KEY=VALUE arguments (before and after the subcommand), -q, -v, --color/--no-color.
+    x: list[str] = field(default_factory=list)
+    quiet: bool = False
+    verbose: int = 0
+    color: bool | None = None
+
+    def restyle(self) -> None:
+        """Make the consoles follow quiet and color (called whenever one of them is set)."""
+        self.out = _console(stderr=False, color=self.color, quiet=self.quiet)
+        self.err = _console(stderr=True, color=self.color)
 
     @property
     def project(self) -> Project:
@@ -47,11 +57,18 @@ class State:
         return self._project
 
 
-def _console(stderr: bool) -> Console:
+def _console(stderr: bool, color: bool | None = None, quiet: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    # In CI logs and pipes: no colour codes, no wrapping of long lines.
-    return Console(stderr=stderr, soft_wrap=True, highlight=False, width=None if terminal else 200)
+    # In CI logs and pipes: no colour codes, no wrapping of long lines. NO_COLOR (rich reads
+    # it) turns colour off unless --color asks for it; --no-color always does.
+    styling: dict[str, Any] = {}
+    if color is True:
+        styling = {"force_terminal": True, "no_color": False}
+    elif color is False:
+        styling = {"no_color": True}
+    return Console(stderr=stderr, soft_wrap=True, highlight=False, width=None if terminal else 200, quiet=quiet,
+                   **styling)
 
 
 class OrchestrateGroup(click.Group):
@@ -98,11 +115,24 @@ def _print_error(ctx: click.Context, message: str, hint: str | None) -> None:
     help="The orchestrate.yaml to use (or set ORCHESTRATE_CONFIG).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-x", "x", multiple=True, metavar="KEY=VALUE",
+              help="An argument for env.py: target.x[KEY], context.get_x_argument() (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success but errors (JSON still prints).")
+@click.option("-v", "--verbose", count=True, help="Say more (repeatable).")
+@click.option("--color/--no-color", "color", default=None, help="Colour output (default: on a terminal, unless NO_COLOR is set).")
 @click.version_option(package_name="orchestrate")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path, debug: bool) -> None:
-    """Run Alembic migrations across the databases declared in orchestrate.yaml."""
-    ctx.obj = State(config_path=config_path, debug=debug)
+def cli(ctx: click.Context, config_path: Path, debug: bool, x: tuple[str, ...], quiet: bool, verbose: int,
+        color: bool | None) -> None:
+    """Run Alembic migrations across the databases declared in orchestrate.yaml.
+
+    Shell completion (bash, zsh, fish): eval "$(_ORCHESTRATE_COMPLETE=bash_source orchestrate)".
+    """
+    from orchestrator.workflow import parse_x, set_x_arguments
+
+    ctx.obj = State(config_path=config_path, debug=debug, x=parse_x(x), quiet=quiet, verbose=verbose, color=color)
+    ctx.obj.restyle()
+    set_x_arguments(ctx.obj.x)
 
 
 def selection(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -132,9 +162,10 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, parallel: int | None, fail_fast: bool, report_path: Path | None,
-                retry_failed: Path | None, as_json: bool, **kwargs: Any) -> Any:
+                retry_failed: Path | None, as_json: bool, backend: str | None, scheduler: str | None,
+                **kwargs: Any) -> Any:
         kwargs["selection"] = dataclasses.replace(kwargs["selection"], retry_failed=retry_failed)
-        return func(*args, run=Run(parallel, fail_fast, report_path, as_json), **kwargs)
+        return func(*args, run=Run(parallel, fail_fast, report_path, as_json, backend, scheduler), **kwargs)
 
     for option in reversed([
         click.option("--parallel", "-p", type=click.IntRange(1, 256), metavar="N",
@@ -145,6 +176,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--retry-failed", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      metavar="REPORT", help="Run only the failed, skipped and not-run targets of an earlier report."),
         click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of lines for people."),
+        click.option("--backend", type=click.Choice(["serial", "processes", "dask"]),
+                     help="Where targets run (default: execution.backend, else processes with --parallel > 1)."),
+        click.option("--scheduler", metavar="ADDRESS", envvar="ORCHESTRATE_DASK_SCHEDULER",
+                     help="With --backend dask: the scheduler, e.g. tcp://10.0.0.5:8786 "
+                     "(or ORCHESTRATE_DASK_SCHEDULER; default: execution.scheduler, else a local cluster)."),
     ]):
         wrapper = option(wrapper)
     return wrapper
@@ -158,6 +194,8 @@ class Run:
     fail_fast: bool = False
     report_path: Path | None = None
     as_json: bool = False
+    backend: str | None = None
+    scheduler: str | None = None
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,7 +251,8 @@ def _run(ctx: click.Context, command: str, run: Run, call: Callable[[RunOptions]
         report.check_writable(run.report_path)
     with report.Live(state.out, 0, quiet=run.as_json) as live:
         options = RunOptions(parallel=run.parallel, fail_fast=run.fail_fast, report_path=run.report_path,
-                             on_result=live.on_result, on_stop=live.on_stop, on_plan=live.start)
+                             on_result=live.on_result, on_stop=live.on_stop, on_plan=live.start,
+                             backend=run.backend, scheduler=run.scheduler)
         result = call(options)
     outcome = result.outcome
     if run.as_json:
@@ -450,18 +489,33 @@ def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
 @click.option("-m", "--message", required=True, help="What the revision does.")
 @click.option("--autogenerate", is_flag=True, help="Fill it in by comparing the models with the database.")
 @click.option("--rev-id", help="Use this revision id instead of a generated one.")
+@click.option("--head", default=None, metavar="REV", help="Base it on REV (default: the head); a non-head needs --splice.")
+@click.option("--splice", is_flag=True, help="Allow --head to name a revision that is not a head (starts a branch).")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="REV", help="A revision this one depends on (repeatable).")
+@click.option("--branch-label", default=None, metavar="LABEL", help="A branch label for the new revision.")
 @click.pass_obj
 def revision(state: State, names: tuple[str, ...], all_: bool, message: str, autogenerate: bool,
-             rev_id: str | None) -> None:
+             rev_id: str | None, head: str | None, splice: bool, depends_on: tuple[str, ...],
+             branch_label: str | None) -> None:
     """Write a new revision file for one database."""
+    from orchestrator.workflow import check_revision_inputs
+
     if all_:
         raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
-    name, made = commands.revision(state.project, names, message, autogenerate=autogenerate, rev_id=rev_id)
+    check_revision_inputs(state.project, names, message, rev_id)
+    extra: dict[str, Any] = {"head": head or "head", "splice": splice, "branch_label": branch_label,
+                             "depends_on": list(depends_on) or None}
+    name, made = commands.revision(state.project, names, message, autogenerate=autogenerate, rev_id=rev_id, **extra)
     try:
         shown = Path(made.path).relative_to(state.project.root)
     except ValueError:
         shown = Path(made.path)
     state.out.print(Text(f"{name}: wrote {shown}", style="green"))
+
+
+from orchestrator.cli_workflow import install  # noqa: E402 - its commands use State, defined above
+
+install(cli)  # merge, branches, show, edit, ensure_version; -x/-q/-v/--color after every subcommand
 
 
 def main(argv: list[str] | None = None) -> None:

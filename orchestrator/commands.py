@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from alembic.script import Script
 
-from orchestrator import operations, report
+from orchestrator import inputs, operations, report
 from orchestrator import plan as planning
 from orchestrator.backends import Operation, make_backend
 from orchestrator.config import Project, activate
@@ -59,6 +59,8 @@ class RunOptions:
     on_stop: Callable[[str], None] | None = field(default=None, compare=False)
     on_plan: Callable[[int], None] | None = field(default=None, compare=False)  # told the number of targets
     cancelled: threading.Event | None = field(default=None, compare=False)
+    backend: str | None = None  # "serial", "processes", "dask"; None: execution.backend, else by parallel
+    scheduler: str | None = None  # the Dask scheduler's address; None: execution.scheduler, else a local cluster
 
 
 @dataclass
@@ -102,10 +104,20 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
         options.on_plan(len(plan.targets))
     with Workspace(project) as ws:
         parallel = min(options.parallel or project.execution.parallel, max(1, len(plan.targets)))
+        backend = make_backend(ws, parallel, options.backend or project.execution.backend,
+                               options.scheduler or project.execution.scheduler)
+
+        def on_stop(reason: str) -> None:  # a backend that queues work of its own stops handing it out too
+            stop = getattr(backend, "stop", None)
+            if stop is not None:
+                stop()
+            if options.on_stop is not None:
+                options.on_stop(reason)
+
         outcome = Scheduler(
-            plan, operation, make_backend(ws, parallel),
+            plan, operation, backend,
             lambda op, target, why, status: operations.lost(ws, target, op.name, op.revision, why, status),
-            on_result=options.on_result, on_stop=options.on_stop,
+            on_result=options.on_result, on_stop=on_stop,
             respect_dependencies=respect_dependencies, fail_fast=options.fail_fast, cancelled=options.cancelled,
         ).run()
     document = report.document(command, outcome, project.path, started)
@@ -222,8 +234,9 @@ def revision_scripts(project: Project, name: str) -> list[Script]:
 
 
 def revision(project: Project, names: tuple[str, ...], message: str, autogenerate: bool = False,
-             rev_id: str | None = None) -> tuple[str, Script]:
-    """Write a new revision file for one database; returns (database name, the script)."""
+             rev_id: str | None = None, **options: Any) -> tuple[str, Script]:
+    """Write a new revision file for one database; returns (database name, the script).
+    ``options`` are Alembic's ``head``, ``splice``, ``branch_label``, ``depends_on``."""
     if len(names) > 1:
         raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
     database = planning.select(project, names).databases[0]
@@ -242,7 +255,11 @@ def revision(project: Project, names: tuple[str, ...], message: str, autogenerat
             )
     assert target is not None
     with Workspace(project) as ws:
-        return database.name, operations.revision(ws, target, message, autogenerate=autogenerate, rev_id=rev_id)
+        def known() -> list[str]:
+            return [sc.revision for sc in ws.scripts.script(database).walk_revisions()]
+
+        return database.name, inputs.write_revision(database, message, rev_id, known, lambda text: operations.revision(
+            ws, target, text, autogenerate=autogenerate, rev_id=rev_id, **options))
 
 
 def _database_targets(plan: planning.Plan) -> list[Target]:

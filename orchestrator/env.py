@@ -7,6 +7,9 @@ async drivers alike), so env.py never creates an engine and cannot leak one.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,30 @@ from orchestrator.targets import Target
 TARGET_KEY = "orchestrate.target"
 CONNECTION_KEY = "connection"
 OPTIONS_KEY = "orchestrate.configure_options"
+#: The ``-x KEY=VALUE`` arguments of the run, as a JSON list (inherited by spawned workers).
+X_ENV = "ORCHESTRATE_X"
+
+
+def x_arguments() -> list[str]:
+    """The run's ``-x`` arguments (``KEY=VALUE`` strings), as the CLI set them."""
+    raw = os.environ.get(X_ENV)
+    if not raw:
+        return []
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        return []
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def apply_x_arguments(config: Any) -> None:
+    """Put the run's ``-x`` arguments where Alembic reads them (``config.cmd_opts.x``), so
+    ``context.get_x_argument()`` works in env.py as it does under the alembic command."""
+    values = x_arguments()
+    if config.cmd_opts is None:
+        config.cmd_opts = argparse.Namespace(x=values)
+    else:
+        config.cmd_opts.x = values
 
 
 @dataclass
@@ -51,6 +78,11 @@ class EnvTarget:
     @property
     def metadata(self) -> MetaData | None:
         return self.target.database.metadata
+
+    @property
+    def x(self) -> dict[str, str]:
+        """The ``-x KEY=VALUE`` arguments of the run (a bare ``-x KEY`` gives ``""``)."""
+        return {key: value for key, _, value in (item.partition("=") for item in x_arguments())}
 
     @property
     def version_table(self) -> str:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from orchestrator import scripts as planning
 from orchestrator.config import DatabaseConfig, Project
 from orchestrator.dialects import dialect_for
-from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY
+from orchestrator.env import CONNECTION_KEY, OPTIONS_KEY, TARGET_KEY, apply_x_arguments
 from orchestrator.errors import OrchestrateError, TargetError
 from orchestrator.replay import Replayer
 from orchestrator.results import Status, TargetResult
@@ -115,6 +115,7 @@ def run_env(
 ) -> None:
     """Run the shared env.py for ``target`` (online with ``connection``, else offline)."""
     config = ws.scripts.alembic_config(target.database, output)
+    apply_x_arguments(config)
     config.attributes[TARGET_KEY] = target
     config.attributes[CONNECTION_KEY] = connection
     config.attributes[OPTIONS_KEY] = {**dialect_for(target).configure_options(target), **(options or {})}
@@ -496,19 +497,21 @@ def check(ws: Workspace, target: Target) -> TargetResult:
 
 
 def revision(ws: Workspace, target: Target, message: str, autogenerate: bool = False,
-             rev_id: str | None = None) -> Script:
-    """Write a new revision file into the database's versions folder; raises on failure."""
+             rev_id: str | None = None, **options: Any) -> Script:
+    """Write a new revision file into the database's versions folder; raises on failure.
+    ``options`` are Alembic's: head, splice, branch_label, depends_on."""
     database = target.database
     if autogenerate:
         require_metadata(database, "revision --autogenerate")
     ws.scripts.script(database)  # clear errors for a missing env.py or versions folder
     config = ws.scripts.alembic_config(database)
+    apply_x_arguments(config)
     config.attributes[TARGET_KEY] = target
     config.attributes[OPTIONS_KEY] = dialect_for(target).configure_options(target)
 
     def write(connection: Connection | None) -> Script | None:
         config.attributes[CONNECTION_KEY] = connection
-        made = command.revision(config, message=message, autogenerate=autogenerate, rev_id=rev_id)
+        made = command.revision(config, message=message, autogenerate=autogenerate, rev_id=rev_id, **options)
         return made[0] if isinstance(made, list) else made
 
     try:
