@@ -196,6 +196,8 @@ class Run:
     as_json: bool = False
     backend: str | None = None
     scheduler: str | None = None
+    backend: str | None = None
+    scheduler: str | None = None
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -61,6 +61,8 @@ class RunOptions:
     cancelled: threading.Event | None = field(default=None, compare=False)
     backend: str | None = None  # "serial", "processes", "dask"; None: execution.backend, else by parallel
     scheduler: str | None = None  # the Dask scheduler's address; None: execution.scheduler, else a local cluster
+    backend: str | None = None  # "serial", "processes", "dask"; None: execution.backend, else by parallel
+    scheduler: str | None = None  # the Dask scheduler's address; None: execution.scheduler, else a local cluster
 
 
 @dataclass

@@ -252,6 +252,8 @@ class DatabaseSettings(_Strict):
     version_locations: list[str] | None = None
     #: Read revision files in subfolders of the version locations too (default false).
     recursive_version_locations: Flag | None = None
+    #: Most targets running at once against one database server, across every worker (default: no cap).
+    max_per_server: Whole | None = Field(default=None, ge=1, le=10000)
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -351,6 +353,24 @@ class RawDatabase(DatabaseSettings):
 
 class RawExecution(_Strict):
     parallel: Whole = Field(default=1, ge=1, le=256)
+    #: Where targets run: serial, processes (spawned workers) or dask (a cluster; extra `orchestrate[dask]`).
+    backend: Literal["serial", "processes", "dask"] | None = None
+    #: The Dask scheduler's address (tcp://HOST:PORT); none: a local cluster.
+    scheduler: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|ws|wss|ucx|inproc)://[^\s/]+", value):
+            raise ValueError(f"{_short(value)} is not a scheduler address like tcp://HOST:PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _scheduler_needs_dask(self) -> RawExecution:
+        if self.scheduler is not None and self.backend not in (None, "dask"):
+            raise ValueError(f"`scheduler:` is the address of a Dask scheduler; it goes with `backend: dask`, "
+                             f"not `backend: {self.backend}`")
+        return self
 
 
 class RawProject(_Strict):
@@ -388,6 +408,8 @@ class TenantsConfig:
 @dataclass(frozen=True)
 class ExecutionConfig:
     parallel: int = 1
+    backend: str | None = None  # "serial", "processes", "dask"; None: by --parallel
+    scheduler: str | None = None  # the Dask scheduler's address; None: a local cluster
 
 
 @dataclass(frozen=True)
@@ -419,6 +441,8 @@ class DatabaseConfig:
     #: Every folder Alembic searches for this database's revisions (version_path among them).
     version_locations: tuple[Path, ...] = ()
     recursive_version_locations: bool = False
+    #: Most targets of this database running at once against its server (None: no cap).
+    max_per_server: int | None = None
     #: orchestrate.yaml, and the line of `metadata:` in it: where an import error points.
     config_path: Path = field(default=Path(CONFIG_FILENAME), repr=False, compare=False)
     metadata_line: int = field(default=0, repr=False, compare=False)
@@ -1256,6 +1280,7 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
             server_timeout=_first(db.server_timeout, raw.defaults.server_timeout, 120.0),
             version_locations=version_locations,
             recursive_version_locations=recursive,
+            max_per_server=_first(db.max_per_server, raw.defaults.max_per_server, 0) or None,
             config_path=path,
             metadata_line=loader.lines.of(here + ("metadata",)) or 0,
         )
@@ -1268,7 +1293,8 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
         script_location=script_location,
         sys_path=sys_path,
         databases=databases,
-        execution=ExecutionConfig(parallel=raw.execution.parallel),
+        execution=ExecutionConfig(parallel=raw.execution.parallel, backend=raw.execution.backend,
+                                  scheduler=raw.execution.scheduler),
         secrets=frozenset(loader.secrets),
     )
 
