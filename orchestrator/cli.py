@@ -74,6 +74,22 @@ def _console(stderr: bool, color: bool | None = None, quiet: bool = False) -> Co
 class OrchestrateGroup(click.Group):
     """Turns OrchestrateError into `error:`/`hint:` lines and the right exit code."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Exit with exactly 0, 1, 2 or 130, whatever ends the run (click's own errors, a
+        SystemExit from imported code); text the terminal cannot encode is escaped, not fatal."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                pass
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            code = _exit_code(exc)
+            if code != exc.code:
+                raise SystemExit(code) from None
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -96,6 +112,26 @@ class OrchestrateGroup(click.Group):
                 None if debug else "rerun with --debug for the traceback, and report it",
             )
             ctx.exit(EXIT_FAILED)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """0, 1, 2 or 130 for a SystemExit: an interrupt during parsing is 130, any other code 1."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, bool) or not isinstance(code, int):
+        try:
+            sys.stderr.write(f"error: {mask_text(str(code))}\n")
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILED
+    if code in (0, EXIT_FAILED, 2, EXIT_INTERRUPTED):
+        context = exc.__context__
+        if code == EXIT_FAILED and isinstance(context, click.exceptions.Abort) and isinstance(
+                context.__cause__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        return code
+    return EXIT_FAILED
 
 
 def _print_error(ctx: click.Context, message: str, hint: str | None) -> None:

@@ -76,10 +76,14 @@ class RunResult:
 def plan_for(project: Project, selection: Selection, *, reverse: bool = False, all_if_none: bool = False) -> planning.Plan:
     """Selection -> Plan; every selection error (exit 2) is raised here, before anything runs."""
     tenants = list(selection.tenants)
-    if selection.tenants_from:
-        tenants += planning.read_tenants_file(selection.tenants_from)
-        if not tenants:
+    origins: dict[str, str] = {}
+    if selection.tenants_from is not None:
+        listed = inputs.read_tenant_lines(selection.tenants_from)
+        if not listed:
             raise SelectionError(f"--tenants-from {selection.tenants_from}: the file lists no tenant")
+        for line, name in listed:
+            origins.setdefault(name, f"--tenants-from {selection.tenants_from}:{line}")
+            tenants.append(name)
     only = report.failed_targets(selection.retry_failed, project) if selection.retry_failed else None
     return planning.select(
         project,
@@ -88,8 +92,9 @@ def plan_for(project: Project, selection: Selection, *, reverse: bool = False, a
         reverse=reverse,
         all_if_none=all_if_none,
         tenants=tuple(tenants),
-        shard=planning.parse_shard(selection.shard) if selection.shard else None,
+        shard=planning.parse_shard(selection.shard) if selection.shard is not None else None,
         only=only,
+        origins=origins,
     )
 
 
@@ -105,6 +110,8 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
     if options.on_plan is not None:
         options.on_plan(len(plan.targets))
     with Workspace(project) as ws:
+        if operation.name in ("upgrade", "downgrade", "stamp"):  # a bad revision argument: exit 2, nothing run
+            planning.check_revision(ws.scripts.script, plan, operation.name, str(operation.args[0]))
         parallel = min(options.parallel or project.execution.parallel, max(1, len(plan.targets)))
         backend = make_backend(ws, parallel, options.backend or project.execution.backend,
                                options.scheduler or project.execution.scheduler)
@@ -180,6 +187,7 @@ def sql(project: Project, selection: Selection, revision: str, upgrading: bool, 
     outcome = Outcome()
     failed: dict[str, str] = {}
     with Workspace(project) as ws:
+        planning.check_revision(ws.scripts.script, plan, "upgrade" if upgrading else "downgrade", revision, sql=True)
         for target in plan.targets:
             broken = [d for d in plan.waits_for(target.database.name) if d in failed]
             if broken:

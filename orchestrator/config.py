@@ -1829,10 +1829,10 @@ def _version_table_places(db: DatabaseConfig) -> list[tuple[Any, ...]]:
     # A large fleet: derive each tenant's place from the URL (one parse, one realpath),
     # as long as that derivation agrees with make_target on the first tenant.
     derive = _tenant_place_deriver(db)
-    first = make_target(db, tenants.names[0])
+    first = make_target(db, tenants.names[0], checked=True)  # checked by this load
     if derive is not None and derive(tenants.names[0]) == version_table_place(first.url, first.schema, db.version_table):
         return [derive(name) for name in tenants.names]
-    targets = [make_target(db, name) for name in tenants.names]
+    targets = [make_target(db, name, checked=True) for name in tenants.names]
     places = [version_table_place(t.url, t.schema, db.version_table) for t in targets]
     return [p for p in places if p is not None]
 

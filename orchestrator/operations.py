@@ -92,6 +92,13 @@ class Tracker:
     def on_version_apply(self, **_: Any) -> None:
         self.callbacks += 1
 
+    def mine(self, committed: list[str]) -> list[str]:
+        """Of the planned revisions the version table shows as done, those THIS run did:
+        never one Alembic did not reach here. (A run whose session died may find the table
+        moved on by another run that took the migration lock after it.)"""
+        reached = {rev for rev, _ in self.planned[: self.callbacks]}
+        return [rev for rev in committed if rev in reached]
+
     def failing(self, committed: list[str] | None) -> tuple[str, str] | None:
         """The planned revision that did not commit: known from the version table when it
         was read, else Alembic's own count."""
@@ -229,6 +236,8 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
     result.before, result.after = tracker.before, tracker.after
     if tracker.after is not None:
         result.applied = planning.committed(script, [r for r, _ in tracker.planned], tracker.after, upgrading)
+        if result.status is Status.FAILED:
+            result.applied = tracker.mine(result.applied)
     if result.status is Status.NOOP and result.applied:
         result.status = Status.UPGRADED if upgrading else Status.DOWNGRADED
     if tracker.replay is not None:
@@ -283,11 +292,13 @@ def migration_error(
     if isinstance(exc, LockTimeout):
         blocked_by, lock_timeout = exc.blocked_by, True
         exc = exc.cause
-    committed = None
+    committed = others = None
     if tracker.after is not None:
-        committed = planning.committed(
+        shown = planning.committed(
             ws.scripts.script(target.database), [r for r, _ in tracker.planned], tracker.after, upgrading
         )
+        committed = tracker.mine(shown)
+        others = [rev for rev in shown if rev not in committed]
     failing = tracker.failing(committed) if tracker.planned else None
     detail = error_text(exc)
     what = f"revision {failing[0]} ({failing[1]})" if failing else None
@@ -313,6 +324,8 @@ def migration_error(
         message += f"\n{note} ({', '.join(tracker.after) or 'base (no revision)'})"
     else:
         message += f"\nrolled back; the version table is at {', '.join(tracker.after) or 'base (no revision)'}"
+    if others:
+        message += f" ({'applied' if upgrading else 'undone'} meanwhile by another run: {', '.join(others)})"
     return TargetError(mask_text(message), revision=failing[0] if failing else None, hint=hint,
                        lock_timeout=lock_timeout, partial=bool(note and failing))
 

@@ -222,14 +222,14 @@ def failed_targets(path: Path, project: Project) -> set[tuple[str, str | None]]:
             raise TypeError("`targets` is not a list")
     except SelectionError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SelectionError(f"--retry-failed {path}: not an orchestrate report ({exc})") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise SelectionError(f"--retry-failed {path}: not an orchestrate report ({_clip(exc)})") from None
     wanted = {Status.FAILED.value, Status.NOT_RUN.value, Status.SKIPPED.value, Status.DIFFERENT.value,
               Status.LOST.value}
     pairs: set[tuple[str, str | None]] = set()
     known: dict[str, set[str]] = {}
     for index, entry in enumerate(targets):
-        if not isinstance(entry, dict) or entry.get("status") not in wanted:
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str) or entry["status"] not in wanted:
             continue
         where = f"--retry-failed {path}:{_line_of(text, entry, index)}"
         database, tenant = entry.get("database"), entry.get("tenant")
@@ -259,6 +259,11 @@ def failed_targets(path: Path, project: Project) -> set[tuple[str, str | None]]:
     if not pairs:
         raise SelectionError(f"--retry-failed {path}: nothing to retry, every target in it succeeded")
     return pairs
+
+
+def _clip(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _line_of(text: str, entry: dict[str, Any], index: int) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, sqlite_url
+from conftest import MYSQL_URL, PG_URL, Project, sqlite_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -410,3 +410,179 @@ def test_tables_without_a_version_table_are_refused_in_any_process(make_project,
         assert "Traceback" not in output
     assert not Path(make_url(url).database or "").with_name("x").exists()
     assert sql(url, "SELECT name FROM sqlite_master WHERE name = 'orch_tru_extra'") == []
+
+
+# ====================================================================== 4. a connection cut mid-revision
+
+
+SLEEPY = {
+    "postgresql": "SELECT pg_sleep(60)",
+    "mysql": "SELECT SLEEP(60)",
+}
+
+
+def migrating_session(dialect: str, url: str) -> Any:
+    """The server's id of the session running the slow statement, or None."""
+    database = make_url(url).database
+    if dialect == "postgresql":
+        rows = sql(PG_URL, f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}' "
+                           "AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+    else:
+        rows = sql(MYSQL_URL, f"SELECT id FROM information_schema.processlist WHERE db = '{database}' "
+                              "AND info LIKE '%SLEEP(60)%' AND id <> CONNECTION_ID()")
+    return rows[0][0] if rows else None
+
+
+def kill_session(dialect: str, session_id: Any) -> None:
+    if dialect == "postgresql":
+        sql(PG_URL, f"SELECT pg_terminate_backend({int(session_id)})")
+    else:
+        sql(MYSQL_URL, f"KILL CONNECTION {int(session_id)}")
+
+
+class Killer(threading.Thread):
+    """Kills the migrating session once its slow statement runs."""
+
+    def __init__(self, dialect: str, url: str) -> None:
+        super().__init__(daemon=True)
+        self.dialect, self.url = dialect, url
+        self.killed: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                found = migrating_session(self.dialect, self.url)
+                if found is not None:
+                    kill_session(self.dialect, found)
+                    self.killed = found
+                    return
+                time.sleep(0.05)
+        except BaseException as exc:
+            self.error = exc
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_a_cut_connection_names_its_revision_and_the_true_version_table(
+    make_project, tmp_path, request, dialect
+) -> None:
+    url = url_for(dialect, request, tmp_path)
+    bodies = [
+        'op.execute("CREATE TABLE orch_tru_one (id int)")',
+        f"""
+        op.execute("CREATE TABLE orch_tru_two (id int)")
+        op.execute("{SLEEPY[dialect]}")
+        """,
+        'op.execute("CREATE TABLE orch_tru_three (id int)")',
+    ]
+    project = app_project(make_project, url, bodies)
+    killer = Killer(dialect, url)
+    killer.start()
+    started = time.monotonic()
+    code, entry, stderr = run_json(project, "upgrade", "-n", "app")
+    took = time.monotonic() - started
+    killer.join(10)
+    assert killer.error is None and killer.killed is not None
+    assert code == 1, entry
+    assert took < 50, took  # the cut is noticed at once, not after the sleep
+    assert_truth(entry, applied=[REV1], after=[REV1], failed=REV2)
+    assert versions(url) == [REV1]
+    error = entry["error"]
+    assert f"revision {REV2}" in error, error
+    assert "unlock" not in error.lower() and "RELEASE_LOCK" not in error, error
+    if dialect == "mysql":
+        assert entry["partial"] is True, entry
+        assert "partly applied" in error, error
+    else:
+        assert entry["partial"] is False, entry
+        assert "rolled back" in error, error
+    assert "Traceback" not in stderr and "Warning" not in stderr, stderr
+
+
+# ====================================================================== 5. a lost lock session
+
+
+COUNTING = [
+    'op.execute("CREATE TABLE orch_tru_count (id int)")',
+    """
+    op.execute("INSERT INTO orch_tru_count VALUES (1)")
+    marker = os.environ.get("ORCH_TRU_MARKER")
+    if marker:  # the first run only: say so, then dawdle in Python with the lock held
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(float(os.environ["ORCH_TRU_SLEEP"]))
+    op.execute("CREATE TABLE orch_tru_two (id int)")
+    """,
+    'op.execute("CREATE TABLE orch_tru_three (id int)")',
+]
+
+
+def spawn_json(project: Project, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "-c", str(project.config), "upgrade", "-n", "app", "--json"],
+        cwd=project.root, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, dict[str, Any]]:
+    out, err = process.communicate(timeout=120)
+    try:
+        (entry,) = json.loads(out)["targets"]
+    except (json.JSONDecodeError, ValueError):
+        raise AssertionError(f"exit {process.returncode}:\n{out}\n{err}") from None
+    assert "Traceback" not in err, err
+    return process.returncode, entry
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_a_lost_lock_session_stops_its_migration_and_no_revision_runs_twice(
+    make_project, tmp_path, request, dialect
+) -> None:
+    url = url_for(dialect, request, tmp_path)
+    project = app_project(make_project, url, COUNTING, lock_wait="60s")
+    marker = tmp_path / "first.marker"
+    first = spawn_json(project, {"ORCH_TRU_MARKER": str(marker), "ORCH_TRU_SLEEP": "4"})
+    try:
+        wait_until(marker.exists, what="the first run inside revision 2")
+        second = spawn_json(project)  # waits for the migration lock
+        try:
+            time.sleep(0.5)
+            # The session that holds the lock is the one that migrates: kill it.
+            holder = migration_session(dialect, url, project)
+            assert holder is not None
+            kill_session(dialect, holder)
+            code_second, second_entry = finished(second)
+        finally:
+            if second.poll() is None:
+                second.kill()
+        code_first, first_entry = finished(first)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # The first run stopped: its revision 2 did not commit, and it says so.
+    assert code_first == 1, first_entry
+    assert first_entry["failed_revision"] == REV2 and first_entry["applied"] == [REV1], first_entry["error"]
+    # The table as it is when the first run looked again (usually moved on by the second run).
+    assert first_entry["after"] in ([REV1], [REV3]), first_entry
+    if first_entry["after"] == [REV3]:
+        assert f"meanwhile by another run: {REV2}, {REV3}" in first_entry["error"], first_entry["error"]
+    # The second took over once the lock was gone, and applied revision 2 once.
+    assert code_second == 0, second_entry
+    assert_truth(second_entry, applied=[REV2, REV3], after=[REV3], failed=None)
+    assert sql(url, "SELECT count(*) FROM orch_tru_count") == [(1,)]
+    assert versions(url) == [REV3]
+
+
+def migration_session(dialect: str, url: str, project: Project) -> Any:
+    """The session holding the target's migration lock (it is the migrating connection)."""
+    database = make_url(url).database
+    if dialect == "postgresql":
+        rows = sql(PG_URL, "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                           f"WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{database}'")
+        return rows[0][0] if rows else None
+    from orchestrator.config import load_project
+    from orchestrator.dialects.base import lock_name
+    from orchestrator.targets import make_target
+
+    name = lock_name(make_target(load_project(project.config).databases["app"]))[:64]
+    return sql(MYSQL_URL, f"SELECT IS_USED_LOCK('{name}')")[0][0]
