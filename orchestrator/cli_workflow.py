@@ -70,7 +70,7 @@ def merge(ctx: click.Context, names: tuple[str, ...], revisions: tuple[str, ...]
     """Write a revision that merges REVISIONS (default: every head) of one database."""
     state = _state(ctx)
     made = workflow.merge(state.project, names, revisions, message, branch_label=branch_label, rev_id=rev_id)
-    state.out.print(Text(f"{made.revision}: merged {', '.join(made._all_down_revisions)}; "
+    state.out.print(Text(f"{made.revision}: merged {', '.join(workflow.parents(made))}; "
                          f"wrote {_shown(state, made.path)}", style="green"))
 
 

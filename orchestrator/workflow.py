@@ -25,7 +25,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
-from alembic.util import CommandError
+from alembic.util import CommandError, to_tuple
 
 from orchestrator import operations
 from orchestrator import plan as planning
@@ -91,11 +91,16 @@ def _alembic(what: str, database: DatabaseConfig, call: Any) -> Any:
                                f"`orchestrate history -n {database.name}`") from exc
 
 
+def parents(sc: Script) -> list[str]:
+    """The revisions ``sc`` revises (two or more for a merge)."""
+    return list(to_tuple(sc.down_revision, default=()))
+
+
 def _entry(sc: Script, heads: Sequence[str]) -> dict[str, Any]:
     return {
         "revision": sc.revision,
-        "down_revision": list(sc._all_down_revisions),
-        "dependencies": list(sc._resolved_dependencies),
+        "down_revision": parents(sc),
+        "dependencies": list(to_tuple(sc.dependencies, default=())),
         "branch_labels": sorted(sc.branch_labels),
         "message": sc.doc,
         "is_head": sc.revision in heads,
