@@ -10,10 +10,16 @@ Alembic name.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import alembic
-from alembic.script import ScriptDirectory
+import alembic.util
+from alembic.runtime.migration import RevisionStep
+from alembic.script import Script, ScriptDirectory
 
 #: Alembic releases this module was written and tested against: [SUPPORTED_FROM, SUPPORTED_BELOW).
 SUPPORTED_FROM = (1, 13)
@@ -24,6 +30,15 @@ PRIVATE_NAMES = (
     (ScriptDirectory, "_upgrade_revs"),    # PRIVATE: the steps of `alembic upgrade REV`
     (ScriptDirectory, "_downgrade_revs"),  # PRIVATE: the steps of `alembic downgrade REV`
     (ScriptDirectory, "_stamp_revs"),      # PRIVATE: the steps of `alembic stamp REV`
+)
+
+#: Undocumented (public-looking) names this module relies on: a revision file is loaded by
+#: ``alembic.util.load_python_file`` (looked up at call time by ``Script._from_path``), and a
+#: step of a migration is a ``RevisionStep(revision_map, script, is_upgrade)`` whose
+#: ``migration_fn`` is the script module's ``upgrade``/``downgrade``.
+UNDOCUMENTED_NAMES: tuple[tuple[Any, str], ...] = (
+    (alembic.util, "load_python_file"),  # PRIVATE: swapped while a versions folder loads
+    (Script, "_from_path"),              # PRIVATE: calls util.load_python_file per revision file
 )
 
 
@@ -57,6 +72,7 @@ def check(version: str | None = None, names: tuple[tuple[type, str], ...] = PRIV
 
 
 check()
+check(names=UNDOCUMENTED_NAMES)
 
 
 def upgrade_steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...]) -> list[Any]:
@@ -72,3 +88,42 @@ def downgrade_steps(script: ScriptDirectory, revision: str, heads: tuple[str, ..
 def stamp_steps(script: ScriptDirectory, revisions: tuple[str, ...], heads: tuple[str, ...]) -> list[Any]:
     """The steps ``alembic stamp revisions`` takes from ``heads``."""
     return list(script._stamp_revs(revisions, heads))  # PRIVATE
+
+
+# ---------------------------------------------------------------------- revision modules
+
+
+@contextlib.contextmanager
+def revision_loader(load: Callable[[Any, Any], ModuleType]) -> Iterator[None]:
+    """While a ScriptDirectory reads its versions folders, load each file with ``load(dir,
+    filename)`` instead of Alembic's own loader (same contract: return the module).
+
+    PRIVATE: Alembic's ``Script._from_path`` calls ``alembic.util.load_python_file`` for
+    every revision file; it is swapped for the duration and put back.
+    """
+    original = alembic.util.load_python_file
+    alembic.util.load_python_file = load  # type: ignore[assignment]  # PRIVATE
+    try:
+        yield
+    finally:
+        alembic.util.load_python_file = original  # PRIVATE
+
+
+def is_revision_step(step: Any) -> bool:
+    """A step that runs a revision's ``upgrade()``/``downgrade()`` (not a stamp)."""
+    return isinstance(step, RevisionStep)
+
+
+def with_module(step: Any, module: ModuleType, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    """A copy of the RevisionStep ``step`` whose revision runs from ``module``.
+
+    The Script is copied (shallow: same revision ids, same links in the revision map), its
+    ``module`` set, and a new RevisionStep made from it, so Alembic's bookkeeping of the
+    step (heads, callbacks) is its own. ``wrap`` wraps the migration function.
+    PRIVATE: RevisionStep's constructor is undocumented.
+    """
+    script = copy.copy(step.revision)
+    script.module = module
+    fresh = RevisionStep(step.revision_map, script, step.is_upgrade)  # PRIVATE
+    fresh.migration_fn = wrap(fresh.migration_fn)
+    return fresh

@@ -110,6 +110,7 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
     if options.on_plan is not None:
         options.on_plan(len(plan.targets))
     with Workspace(project) as ws:
+        ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2, nothing run
         if operation.name in ("upgrade", "downgrade", "stamp"):  # a bad revision argument: exit 2, nothing run
             planning.check_revision(ws.scripts.script, plan, operation.name, str(operation.args[0]))
         parallel = min(options.parallel or project.execution.parallel, max(1, len(plan.targets)))
@@ -187,6 +188,7 @@ def sql(project: Project, selection: Selection, revision: str, upgrading: bool, 
     outcome = Outcome()
     failed: dict[str, str] = {}
     with Workspace(project) as ws:
+        ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2, no SQL written
         planning.check_revision(ws.scripts.script, plan, "upgrade" if upgrading else "downgrade", revision, sql=True)
         for target in plan.targets:
             broken = [d for d in plan.waits_for(target.database.name) if d in failed]
@@ -213,6 +215,8 @@ def heads(project: Project, names: tuple[str, ...] = ()) -> Outcome:
     """The head revision(s) of each selected database's versions folder."""
     plan = planning.select(project, names, all_if_none=True)
     ws = Workspace(project)
+    ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2
+
     def read(target: Target) -> TargetResult:
         return TargetResult.for_target(target, Status.OK, head=sorted(ws.scripts.script(target.database).get_heads()))
 
@@ -223,6 +227,7 @@ def history(project: Project, names: tuple[str, ...] = ()) -> Outcome:
     """Each selected database's revisions, newest first (``revisions`` of each result)."""
     plan = planning.select(project, names, all_if_none=True)
     ws = Workspace(project)
+    ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2
 
     def read(target: Target) -> TargetResult:
         script = ws.scripts.script(target.database)

@@ -206,7 +206,7 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
     tracker = Tracker()
 
     def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-        steps = tracker.plan(script, revision, heads, upgrading)
+        steps = ws.scripts.fresh(target.database, tracker.plan(script, revision, heads, upgrading))
         if target.database.replay and steps and context.connection is not None:
             steps, tracker.replay = ws.replayer.wrap(steps, context.connection, target, dialect_for(target))
         return steps
@@ -473,7 +473,7 @@ def sql(ws: Workspace, target: Target, revision: str, upgrading: bool, output: I
             )
 
         def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
-            return planning.steps(script, end, heads, upgrading)
+            return ws.scripts.fresh(target.database, planning.steps(script, end, heads, upgrading))
 
         run_env(ws, target, plan, None, output=output, starting_rev=start or None, destination_rev=end)
         return TargetResult.for_target(target, Status.OK)

@@ -94,7 +94,8 @@ class Replayer:
         def run(**kw: Any) -> None:
             if state.fingerprint is None:
                 state.fingerprint = dialect.schema_fingerprint(connection)
-            key = (target.database.name, step.revision.revision, step.is_upgrade, target.dialect, state.fingerprint)
+            key = (target.database.name, step.revision.revision, step.is_upgrade, target.dialect, state.fingerprint,
+                   getattr(step, "import_state", None))  # values the module made at import (scripts.import_state)
             recording = self._recordings.get(key)
             if isinstance(recording, Recording) and not opted_out:
                 for statement, parameters, many in recording.statements:
