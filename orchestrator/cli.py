@@ -232,8 +232,6 @@ class Run:
     as_json: bool = False
     backend: str | None = None
     scheduler: str | None = None
-    backend: str | None = None
-    scheduler: str | None = None
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -264,10 +262,11 @@ def _quiet_stdout() -> None:
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite env.py and script.py.mako even if they were changed.")
+@click.option("--tests", is_flag=True, help="Also write tests/test_migrations.py: migration tests for every database.")
 @click.pass_obj
-def init(state: State, force: bool) -> None:
+def init(state: State, force: bool, tests: bool) -> None:
     """Write envs/env.py, envs/script.py.mako and versions/<name>/ (and a starter orchestrate.yaml)."""
-    written, project = scaffold_init(state.config_path.resolve(), force=force)
+    written, project = scaffold_init(state.config_path.resolve(), force=force, tests=tests)
     for item in written:
         style = "yellow" if item.action is Action.KEPT else ("green" if item.action is not Action.UNCHANGED else "dim")
         try:
@@ -301,7 +300,13 @@ def _run(ctx: click.Context, command: str, run: Run, call: Callable[[RunOptions]
             for r in outcome.results:
                 if r.traceback:
                     sys.stderr.write(f"--- {r.target}\n{r.traceback}")
-        if run.report_path and not outcome.ok:
+        halted = result.document.get("halted")
+        if halted:  # a rollout stopped itself: say which wave, why, and how to go on
+            state.out.print(Text(f"halted: {halted['reason']}", style="bold red"))
+            if run.report_path:
+                state.out.print(Text(f"hint: fix the cause, then continue with --resume {run.report_path}",
+                                     style="cyan"))
+        elif run.report_path and not outcome.ok:
             state.out.print(Text(f"hint: rerun what did not succeed with --retry-failed {run.report_path}", style="cyan"))
     _exit_for(ctx, outcome)
 
@@ -336,14 +341,20 @@ def _offline(ctx: click.Context, selection: Selection, run: Run, revision: str, 
 @selection
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline; REV may be FROM:TO).")
 @run_options
+@click.option("--waves", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Run in the waves of `rollout:` where configured (off: all targets at once).")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="REPORT",
+              help="Continue a halted rollout from the first wave REPORT did not complete.")
 @click.pass_context
-def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: Run) -> None:
+def upgrade(ctx: click.Context, revision: str, selection: Selection, sql: bool, run: Run, waves: str,
+            resume: Path | None) -> None:
     """Upgrade databases (and their tenants) to REVISION (default: heads), dependencies first."""
     _refuse_option_like(revision)
     if sql:
         return _offline(ctx, selection, run, revision, upgrading=True)
     project = ctx.obj.project
-    _run(ctx, "upgrade", run, lambda options: commands.upgrade(project, selection, options, revision))
+    _run(ctx, "upgrade", run, lambda options: commands.upgrade(
+        project, selection, dataclasses.replace(options, waves=waves == "on", resume=resume), revision))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # so that `downgrade -1` is a revision
@@ -554,6 +565,77 @@ def revision(state: State, names: tuple[str, ...], all_: bool, message: str, aut
 from orchestrator.cli_workflow import install  # noqa: E402 - its commands use State, defined above
 
 install(cli)  # merge, branches, show, edit, ensure_version; -x/-q/-v/--color after every subcommand
+
+
+@cli.group(name="report")
+def report_group() -> None:
+    """Work with JSON reports (e.g. merge the reports of shards)."""
+
+
+@report_group.command(name="merge")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@selection
+@click.pass_obj
+def report_merge(state: State, out: Path, inputs: tuple[Path, ...], selection: Selection) -> None:
+    """Merge the reports of shards (IN...) into one report OUT, each target once.
+
+    Fails, naming the targets, when shards overlap or leave a gap in the selection
+    (-n/--all/--tenant/--tenants-from, default: every target of the databases they name).
+    """
+    from orchestrator.merge import merge
+
+    selected = selection.names or selection.all_ or selection.tenants or selection.tenants_from
+    expected = None
+    if selected:
+        plan = commands.plan_for(state.project, dataclasses.replace(selection, shard=None))
+        expected = {(t.database.name, t.tenant) for t in plan.targets}
+    report.check_writable(out)
+    document = merge(state.project, list(inputs), expected)
+    report.write_json(out, document)
+    counts = ", ".join(f"{n} {s}" for s, n in document["counts"].items())
+    state.out.print(Text(f"merged {len(inputs)} reports into {out}: {len(document['targets'])} targets ({counts})",
+                         style="green" if document["ok"] else "yellow"))
+
+
+# ---------------------------------------------------------------------- safe rollouts (lint, preflight)
+
+
+@cli.command(name="lint")
+@selection
+@click.option("--range", "range_", metavar="FROM:TO",
+              help="Lint these revisions (FROM may be base) instead of those not yet applied on some target.")
+@json_option
+@click.pass_context
+def lint_command(ctx: click.Context, selection: Selection, range_: str | None, as_json: bool) -> None:
+    """Static rules over each pending revision's SQL; exit 1 on an error-level finding."""
+    from orchestrator import lint as linting
+
+    state: State = ctx.obj
+    result = commands.lint(state.project, selection, range_)
+    if as_json:
+        _emit_json(result.document)
+    else:
+        linting.print_document(state.out, result.document)
+    _exit_for(ctx, result.outcome)
+
+
+@cli.command(name="preflight")
+@selection
+@json_option
+@click.pass_context
+def preflight_command(ctx: click.Context, selection: Selection, as_json: bool) -> None:
+    """Read-only: what the pending revisions will do to each target (sizes, locks, time class,
+    data checks); exit 1 when a check fails or preflight.max_risk is exceeded."""
+    from orchestrator import preflight as preflighting
+
+    state: State = ctx.obj
+    result = commands.preflight(state.project, selection)
+    if as_json:
+        _emit_json(result.document)
+    else:
+        preflighting.print_document(state.out, result.document)
+    _exit_for(ctx, result.outcome)
 
 
 def main(argv: list[str] | None = None) -> None:

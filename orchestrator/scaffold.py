@@ -2,6 +2,8 @@
 and one versions folder per database, never overwriting a file the user changed."""
 from __future__ import annotations
 
+import os
+import string
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -41,8 +43,9 @@ def _write(path: Path, content: str, force: bool) -> Written:
     return Written(path, Action.CREATED)
 
 
-def init(config_path: Path, force: bool = False) -> tuple[list[Written], Project]:
-    """Scaffold the project around ``config_path``; returns what was done to each file."""
+def init(config_path: Path, force: bool = False, tests: bool = False) -> tuple[list[Written], Project]:
+    """Scaffold the project around ``config_path``; returns what was done to each file.
+    With ``tests``, also tests/test_migrations.py, which turns on orchestrate's test kit."""
     written: list[Written] = []
     if not config_path.exists():
         written.append(_write(config_path, template(CONFIG_FILENAME), force=False))
@@ -58,4 +61,14 @@ def init(config_path: Path, force: bool = False) -> tuple[list[Written], Project
         else:
             folder.mkdir(parents=True)
             written.append(Written(folder, Action.CREATED))
+    if tests:
+        written.append(write_tests(project, force))
     return written, project
+
+
+def write_tests(project: Project, force: bool = False) -> Written:
+    """tests/test_migrations.py next to orchestrate.yaml: the kit's generated tests for every database."""
+    folder = project.root / "tests"
+    relative = Path(os.path.relpath(project.path, folder)).as_posix()
+    content = string.Template(template("test_migrations.py.tmpl")).safe_substitute(config=relative)
+    return _write(folder / "test_migrations.py", content, force)
