@@ -542,10 +542,12 @@ def check(ctx: click.Context, selection: Selection, as_json: bool) -> None:
 @click.option("--splice", is_flag=True, help="Allow --head to name a revision that is not a head (starts a branch).")
 @click.option("--depends-on", "depends_on", multiple=True, metavar="REV", help="A revision this one depends on (repeatable).")
 @click.option("--branch-label", default=None, metavar="LABEL", help="A branch label for the new revision.")
+@click.option("--version-path", default=None, metavar="DIR",
+              help="Write it into DIR, one of the database's version_locations (default: its version_path).")
 @click.pass_obj
 def revision(state: State, names: tuple[str, ...], all_: bool, message: str, autogenerate: bool,
              rev_id: str | None, head: str | None, splice: bool, depends_on: tuple[str, ...],
-             branch_label: str | None) -> None:
+             branch_label: str | None, version_path: str | None) -> None:
     """Write a new revision file for one database."""
     from orchestrator.workflow import check_revision_inputs
 
@@ -553,7 +555,7 @@ def revision(state: State, names: tuple[str, ...], all_: bool, message: str, aut
         raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
     check_revision_inputs(state.project, names, message, rev_id)
     extra: dict[str, Any] = {"head": head or "head", "splice": splice, "branch_label": branch_label,
-                             "depends_on": list(depends_on) or None}
+                             "depends_on": list(depends_on) or None, "version_path": version_path}
     name, made = commands.revision(state.project, names, message, autogenerate=autogenerate, rev_id=rev_id, **extra)
     try:
         shown = Path(made.path).relative_to(state.project.root)

@@ -26,6 +26,7 @@ from alembic.script import Script
 
 from orchestrator import inputs, operations, report
 from orchestrator import plan as planning
+from orchestrator import scripts
 from orchestrator.backends import Operation, make_backend
 from orchestrator.config import Project, activate
 from orchestrator.dialects import dialect_for
@@ -255,6 +256,7 @@ def revision(project: Project, names: tuple[str, ...], message: str, autogenerat
     if len(names) > 1:
         raise SelectionError("`revision` writes one database's revision at a time; give a single -n NAME")
     database = planning.select(project, names).databases[0]
+    options["version_path"] = str(scripts.write_location(database, options.get("version_path")))  # exit 2 if not ours
     activate(project)
     if autogenerate:
         project.load_models()

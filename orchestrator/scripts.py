@@ -158,9 +158,10 @@ def write_location(database: DatabaseConfig, requested: str | Path | None) -> Pa
     database's version locations), else ``version_path`` (by default the first location)."""
     if requested is None:
         return Path(database.version_path)
-    wanted = Path(requested).resolve()
+    given = Path(requested)
+    wanted = {given.resolve(), (Path(database.config_path).parent / given).resolve()}  # from here or the project
     for location in database.version_locations:
-        if Path(location).resolve() == wanted:
+        if Path(location).resolve() in wanted:
             return Path(location)
     raise SelectionError(
         f"--version-path {requested} is not one of the version locations of `{database.name}` "
