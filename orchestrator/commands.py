@@ -24,7 +24,9 @@ from typing import IO, Any
 
 from alembic.script import Script
 
-from orchestrator import inputs, operations, report
+from orchestrator import inputs, operations, report, rollout
+from orchestrator import lint as linting
+from orchestrator import preflight as preflighting
 from orchestrator import plan as planning
 from orchestrator import scripts
 from orchestrator.backends import Operation, make_backend
@@ -62,8 +64,8 @@ class RunOptions:
     cancelled: threading.Event | None = field(default=None, compare=False)
     backend: str | None = None  # "serial", "processes", "dask"; None: execution.backend, else by parallel
     scheduler: str | None = None  # the Dask scheduler's address; None: execution.scheduler, else a local cluster
-    backend: str | None = None  # "serial", "processes", "dask"; None: execution.backend, else by parallel
-    scheduler: str | None = None  # the Dask scheduler's address; None: execution.scheduler, else a local cluster
+    waves: bool = True  # upgrade: run in the waves of `rollout:` where configured (--waves off: False)
+    resume: Path | None = None  # upgrade: continue the rollout of this report from its unfinished wave
 
 
 @dataclass
@@ -100,7 +102,7 @@ def plan_for(project: Project, selection: Selection, *, reverse: bool = False, a
 
 
 def _run(project: Project, command: str, plan: planning.Plan, operation: Operation, options: RunOptions,
-         respect_dependencies: bool = True) -> RunResult:
+         respect_dependencies: bool = True, waves: bool = False) -> RunResult:
     """Run a changing operation over a plan, write its report; the one path of upgrade,
     downgrade and stamp, for the CLI and the API alike."""
     started = datetime.now(UTC)
@@ -114,24 +116,36 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
         ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2, nothing run
         if operation.name in ("upgrade", "downgrade", "stamp"):  # a bad revision argument: exit 2, nothing run
             planning.check_revision(ws.scripts.script, plan, operation.name, str(operation.args[0]))
-        parallel = min(options.parallel or project.execution.parallel, max(1, len(plan.targets)))
-        backend = make_backend(ws, parallel, options.backend or project.execution.backend,
-                               options.scheduler or project.execution.scheduler)
 
-        def on_stop(reason: str) -> None:  # a backend that queues work of its own stops handing it out too
-            stop = getattr(backend, "stop", None)
-            if stop is not None:
-                stop()
-            if options.on_stop is not None:
-                options.on_stop(reason)
+        def scheduler(part: planning.Plan, on_result: Callable[[TargetResult], None] | None) -> Scheduler:
+            parallel = min(options.parallel or project.execution.parallel, max(1, len(part.targets)))
+            backend = make_backend(ws, parallel, options.backend or project.execution.backend,
+                                   options.scheduler or project.execution.scheduler)
 
-        outcome = Scheduler(
-            plan, operation, backend,
-            lambda op, target, why, status: operations.lost(ws, target, op.name, op.revision, why, status),
-            on_result=options.on_result, on_stop=on_stop,
-            respect_dependencies=respect_dependencies, fail_fast=options.fail_fast, cancelled=options.cancelled,
-        ).run()
-    document = report.document(command, outcome, project.path, started)
+            def on_stop(reason: str) -> None:  # a backend that queues work of its own stops handing it out too
+                stop = getattr(backend, "stop", None)
+                if stop is not None:
+                    stop()
+                if options.on_stop is not None:
+                    options.on_stop(reason)
+
+            return Scheduler(
+                part, operation, backend,
+                lambda op, target, why, status: operations.lost(ws, target, op.name, op.revision, why, status),
+                on_result=on_result, on_stop=on_stop,
+                respect_dependencies=respect_dependencies, fail_fast=options.fail_fast, cancelled=options.cancelled,
+            )
+
+        extra: dict[str, Any] = {}
+        if waves:  # staged rollout: one scheduler per wave, halt rules between and during waves
+            assigned = rollout.assign(plan)
+            start = rollout.resume_point(options.resume, assigned) if options.resume is not None else 1
+            staged = rollout.execute(plan, assigned, scheduler, start=start, on_result=options.on_result,
+                                     fail_fast=options.fail_fast, cancelled=options.cancelled)
+            outcome, extra = staged.outcome, staged.document()
+        else:
+            outcome = scheduler(plan, options.on_result).run()
+    document = report.document(command, outcome, project.path, started, extra=extra)
     if options.report_path is not None:
         report.write_json(options.report_path, document)
     return RunResult(outcome, document)
@@ -140,7 +154,10 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
 def upgrade(project: Project, selection: Selection, options: RunOptions, revision: str = "heads") -> RunResult:
     """Upgrade the selected targets to ``revision``, dependencies first."""
     plan = plan_for(project, selection)
-    return _run(project, "upgrade", plan, Operation("upgrade", (revision,)), options)
+    staged = options.waves and (rollout.configured(plan) or options.resume is not None)
+    if options.resume is not None and not staged:
+        raise SelectionError("--resume continues a rollout in waves; it does not go with --waves off")
+    return _run(project, "upgrade", plan, Operation("upgrade", (revision,)), options, waves=staged)
 
 
 def downgrade(project: Project, selection: Selection, options: RunOptions, revision: str) -> RunResult:
@@ -178,6 +195,34 @@ def check(project: Project, selection: Selection) -> Outcome:
     project.load_models()
     with Workspace(project) as ws:
         return Outcome([operations.check(ws, target) for target in plan.targets])
+
+
+def lint(project: Project, selection: Selection, range_: str | None = None) -> RunResult:
+    """Static rules over the offline SQL of each selected database's pending revisions (or
+    ``range_``, ``FROM:TO``); a database with an error-level finding is FAILED."""
+    started = datetime.now(UTC)
+    plan = plan_for(project, selection, all_if_none=True)
+    activate(project)
+    project.load_models()  # DROP-IN-MODELS / RENAME-IN-MODELS compare with the models
+    with Workspace(project) as ws:
+        linted = linting.lint_plan(ws, plan, range_)
+    outcome = Outcome([d.result for d in linted])
+    return RunResult(outcome, report.document("lint", outcome, project.path, started,
+                                              per_target={d.result.target: d.extra() for d in linted}))
+
+
+def preflight(project: Project, selection: Selection) -> RunResult:
+    """Read-only, per target: pending revisions, lint hits weighed by live table sizes, locks,
+    a time class, and the revisions' data checks; FAILED when a check fails or
+    ``preflight.max_risk`` is exceeded."""
+    started = datetime.now(UTC)
+    plan = plan_for(project, selection, all_if_none=True)
+    activate(project)
+    project.load_models()
+    reports = preflighting.run(project, plan)
+    outcome = preflighting.outcome_of(reports)
+    return RunResult(outcome, report.document("preflight", outcome, project.path, started,
+                                              per_target=preflighting.document_extras(reports)))
 
 
 def sql(project: Project, selection: Selection, revision: str, upgrading: bool, output: IO[str],

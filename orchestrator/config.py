@@ -235,6 +235,70 @@ class _Strict(BaseModel):
 _DURATION_FIELDS = ("lock_timeout", "lock_wait", "statement_timeout", "connect_timeout", "server_timeout")
 
 
+_WAVE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+
+
+class RawHalt(_Strict):
+    """``rollout.halt``: the rules that stop a rollout after the wave where they fire."""
+
+    failures: Whole | None = Field(default=None, ge=1, le=1_000_000)
+    failure_ratio: float | None = Field(default=None, gt=0, le=1)
+    lock_timeouts: Whole | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class RawRollout(_Strict):
+    """``rollout:``: canary tenants, wave sizes (cumulative counts or percentages), halt rules, pause."""
+
+    canary: list[str] | None = None
+    waves: list[Any] | None = None
+    halt: RawHalt | None = None
+    pause: float | None = None
+
+    @field_validator("pause", mode="before")
+    @classmethod
+    def _pause(cls, value: Any, info: ValidationInfo) -> float | None:
+        if value is None:
+            return None
+        return parse_duration(value, (info.context or {}).get("max_duration", DEFAULT_BOUNDS.duration))
+
+    @field_validator("waves")
+    @classmethod
+    def _waves(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one wave, e.g. [1%, 10%, 100%], or remove the key")
+        for item in value:
+            wave_size(item)
+        return value
+
+
+def wave_size(item: Any) -> tuple[float, bool]:
+    """One entry of ``rollout.waves``: ``10%`` -> (10.0, True); ``25`` -> (25, False).
+    Sizes are cumulative: ``[1%, 10%, 100%]`` runs 1%, then up to 10%, then the rest."""
+    if isinstance(item, str):
+        match = _WAVE.fullmatch(item)
+        if match is None:
+            if re.fullmatch(r"\s*\d{1,9}\s*", item):
+                item = int(item)
+            else:
+                raise ValueError(f"{_short(item)} is not a wave size; write a percentage (10%) or a count (25)")
+        else:
+            percent = float(match[1])
+            if not 0 < percent <= 100:
+                raise ValueError(f"{_short(item)}: a percentage of the targets is more than 0% and at most 100%")
+            return percent, True
+    if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+        raise ValueError(f"{_short(item)} is not a wave size; write a percentage (10%) or a count of at least 1")
+    return float(item), False
+
+
+class RawPreflight(_Strict):
+    """``preflight:``: the largest time class a target may reach (instant, seconds, minutes+)."""
+
+    max_risk: Literal["instant", "seconds", "minutes+"] | None = None
+
+
 class DatabaseSettings(_Strict):
     """Settings that ``defaults:`` gives every database and each database may override."""
 
@@ -254,6 +318,10 @@ class DatabaseSettings(_Strict):
     recursive_version_locations: Flag | None = None
     #: Most targets running at once against one database server, across every worker (default: no cap).
     max_per_server: Whole | None = Field(default=None, ge=1, le=10000)
+    #: Staged rollouts for upgrade: canary, waves, halt rules, pause (see orchestrator.rollout).
+    rollout: RawRollout | None = None
+    #: What `orchestrate preflight` refuses: preflight.max_risk.
+    preflight: RawPreflight | None = None
 
     @field_validator(*_DURATION_FIELDS, mode="before")
     @classmethod
@@ -406,6 +474,25 @@ class TenantsConfig:
 
 
 @dataclass(frozen=True)
+class HaltRules:
+    """When a rollout stops: failures and lock timeouts over the rollout, failure ratio per wave."""
+
+    failures: int | None = None
+    failure_ratio: float | None = None
+    lock_timeouts: int | None = None
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """A database's rollout: canary tenants first, then cumulative waves (counts or percentages)."""
+
+    canary: tuple[str, ...] = ()
+    waves: tuple[tuple[float, bool], ...] = ()  # (size, is_percent), cumulative
+    halt: HaltRules = field(default_factory=HaltRules)
+    pause: float = 0.0
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     parallel: int = 1
     backend: str | None = None  # "serial", "processes", "dask"; None: by --parallel
@@ -441,6 +528,10 @@ class DatabaseConfig:
     #: Every folder Alembic searches for this database's revisions (version_path among them).
     version_locations: tuple[Path, ...] = ()
     recursive_version_locations: bool = False
+    #: Staged rollout of upgrade (None: one wave).
+    rollout: RolloutConfig | None = None
+    #: The largest preflight time class allowed (None: no limit).
+    preflight_max_risk: str | None = None
     #: Most targets of this database running at once against its server (None: no cap).
     max_per_server: int | None = None
     #: orchestrate.yaml, and the line of `metadata:` in it: where an import error points.
@@ -1203,6 +1294,9 @@ def _allowed_keys(parent: Path_) -> list[str]:
         model = RawUrlParts
     elif len(parent) == 3 and parent[2] == "tenants":
         model = RawTenants
+    elif parent[1 if parent[0] == "defaults" else 2:] in (("rollout",), ("rollout", "halt"), ("preflight",)):
+        nested: dict[str, type[BaseModel]] = {"rollout": RawRollout, "halt": RawHalt, "preflight": RawPreflight}
+        model = nested[str(parent[-1])]
     else:
         model = RawDatabase
     return list(model.model_fields)
@@ -1280,6 +1374,9 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
             server_timeout=_first(db.server_timeout, raw.defaults.server_timeout, 120.0),
             version_locations=version_locations,
             recursive_version_locations=recursive,
+            rollout=_rollout(loader, here, db, raw.defaults),
+            preflight_max_risk=_first(db.preflight and db.preflight.max_risk,
+                                      raw.defaults.preflight and raw.defaults.preflight.max_risk, "") or None,
             max_per_server=_first(db.max_per_server, raw.defaults.max_per_server, 0) or None,
             config_path=path,
             metadata_line=loader.lines.of(here + ("metadata",)) or 0,
@@ -1301,6 +1398,29 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
 
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
+
+
+def _rollout(loader: _Loader, here: Path_, db: RawDatabase, defaults: DatabaseSettings) -> RolloutConfig | None:
+    """``rollout:`` of a database over ``defaults.rollout``, key by key; None without either.
+    A canary tenant the database does not declare is an error at its line."""
+    own, base = db.rollout or RawRollout(), defaults.rollout or RawRollout()
+    if db.rollout is None and defaults.rollout is None:
+        return None
+    halt = own.halt or base.halt or RawHalt()
+    canary = own.canary if own.canary is not None else (base.canary or [])
+    if own.canary and db.tenants is not None and db.tenants.names is not None:
+        known = set(db.tenants.names)
+        for index, name in enumerate(own.canary):
+            if name not in known:
+                raise loader.error(here + ("rollout", "canary", index),
+                                   f"canary tenant `{_short(name)[1:-1]}` is not a tenant of `{here[-1]}`",
+                                   hint="list tenants declared under `tenants:`", subject=here + ("rollout", "canary"))
+    return RolloutConfig(
+        canary=tuple(canary),
+        waves=tuple(wave_size(w) for w in (own.waves if own.waves is not None else (base.waves or []))),
+        halt=HaltRules(halt.failures, halt.failure_ratio, halt.lock_timeouts),
+        pause=_first(own.pause, base.pause, 0.0),
+    )
 
 
 def _path(loader: _Loader, at: Path_, written: str, root: Path, inside: bool = False) -> Path:

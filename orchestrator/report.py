@@ -100,10 +100,29 @@ def print_summary(console: Console, outcome: Outcome) -> None:
             console.print(Text(f"  {first}", style="red"))
 
 
-def document(command: str, outcome: Outcome, config_path: Path, started: datetime | None = None) -> dict[str, Any]:
+def document(command: str, outcome: Outcome, config_path: Path, started: datetime | None = None, *,
+             halted: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+             per_target: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The one machine-readable document of every command (``--json``, ``--report``):
-    ``version``, the command, and one entry per target (see report.schema.json)."""
+    ``version``, the command, and one entry per target (see report.schema.json).
+
+    ``halted`` (a rollout that stopped: its wave and the rule that fired) and ``extra``
+    (top-level fields of one command, e.g. ``rollout``) are added when given;
+    ``per_target`` adds fields to the entry of each named target (lint, preflight)."""
     now = datetime.now(UTC)
+    doc = _document(command, outcome, config_path, started, now)
+    if halted is not None:
+        doc["halted"] = halted
+    for key, value in (extra or {}).items():
+        doc.setdefault(key, value)
+    if per_target:
+        for entry in doc["targets"]:
+            entry.update(per_target.get(entry["target"], {}))
+    return doc
+
+
+def _document(command: str, outcome: Outcome, config_path: Path, started: datetime | None,
+              now: datetime) -> dict[str, Any]:
     return {
         "version": REPORT_VERSION,
         "command": command,
