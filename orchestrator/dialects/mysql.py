@@ -75,7 +75,9 @@ class MySQL(Dialect):
         try:
             with engine.connect() as connection:
                 name = url.database or ""
-                connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {self.quote(connection, name)}"))
+                # no_parameters: the driver sends the text as it is (`pct%s` stays `pct%s`)
+                connection.execution_options(no_parameters=True).exec_driver_sql(
+                    "CREATE DATABASE IF NOT EXISTS `" + name.replace("`", "``") + "`")  # (the preparer doubles %)
                 connection.commit()
         finally:
             engine.dispose()

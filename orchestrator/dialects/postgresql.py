@@ -114,7 +114,9 @@ class PostgreSQL(Dialect):
                     f"{target.name}: schema {schema!r} does not exist in {target.display_url}",
                     hint="create it, or set `create: true` under the database's `tenants:`",
                 )
-            connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {self.quote(connection, schema)}"))
+            # no_parameters: the driver sends the text as it is, so `pct%s` is not spelled `pct%%s`
+            connection.execution_options(no_parameters=True).exec_driver_sql(
+                f"CREATE SCHEMA IF NOT EXISTS {ansi_quote(schema)}")  # (the preparer would double % too)
         # Only the tenant's schema: an unqualified name can never reach another tenant's table.
         connection.execute(text("SELECT set_config('search_path', quote_ident(:s), false)"), {"s": schema})
 
