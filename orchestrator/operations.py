@@ -131,10 +131,94 @@ def run_env(
         script.run_env()
 
 
-def current_heads(connection: Connection, target: Target) -> list[str]:
-    """The revisions in a target's version table (empty when it has none or is empty)."""
+def current_heads(
+    connection: Connection, target: Target, script: ScriptDirectory | None = None, *, shape: bool = False,
+    rows: bool = True,
+) -> list[str]:
+    """The revisions in a target's version table (empty when it has none or is empty).
+
+    A table Alembic cannot work with is a :class:`TargetError` naming the target and the
+    table: checked always for its rows (``rows``: NULLs, non-text values, duplicates), with
+    ``script`` for a revision beside its own ancestor, and with ``shape`` for what it is
+    (a view, a version_num column that is not text, columns Alembic does not know).
+    """
+    if shape:
+        problem = version_table_shape_problem(connection, target)
+        if problem:
+            raise broken_version_table(target, problem, shape=True)
     context = MigrationContext.configure(connection, opts={"version_table": target.database.version_table})
-    return sorted(context.get_current_heads())
+    found: list[Any] = list(context.get_current_heads())
+    problem = (version_rows_problem(found) or version_overlap_problem(script, found)) if rows else None
+    if problem:
+        raise broken_version_table(target, problem)
+    return sorted(found, key=str)
+
+
+def version_rows_problem(found: list[Any]) -> str | None:
+    """What is wrong with a version table's rows, for Alembic (None: nothing)."""
+    if any(rev is None for rev in found):
+        return "holds a NULL row"
+    odd = [rev for rev in found if not isinstance(rev, str)]
+    if odd:
+        return f"holds {', '.join(repr(rev) for rev in odd)}, which is not a revision id (a text value)"
+    if any(rev.strip() != rev or not rev for rev in found):
+        return f"holds an empty or padded revision id ({', '.join(repr(rev) for rev in found)})"
+    if len(set(found)) != len(found):
+        return f"holds the same revision more than once ({', '.join(sorted(found))})"
+    return None
+
+
+def version_overlap_problem(script: ScriptDirectory | None, found: list[Any]) -> str | None:
+    """A version table holds heads only: never a revision beside one of its ancestors."""
+    if script is None or len(found) < 2:
+        return None
+    for rev in found:
+        try:
+            below = planning.ancestry(script, [rev]) - {rev}
+        except CommandError:
+            return None  # an unknown revision: said where the table is placed in the history
+        overlapping = sorted(below & set(found))
+        if overlapping:
+            return (f"holds {rev} and its ancestor {', '.join(overlapping)}; a version table holds only the "
+                    "heads it reached, so one of the rows is wrong")
+    return None
+
+
+def version_table_shape_problem(connection: Connection, target: Target) -> str | None:
+    """What makes a target's version table something other than Alembic's own table (one
+    text column, version_num); None when it is, or does not exist."""
+    from sqlalchemy import String
+    from sqlalchemy.exc import NoSuchTableError
+
+    name = target.database.version_table
+    inspector = inspect(connection)
+    try:
+        columns = inspector.get_columns(name)
+    except NoSuchTableError:
+        return None
+    if name in inspector.get_view_names():
+        return "is a view, not a table"
+    version = next((c for c in columns if c["name"] == "version_num"), None)
+    if version is None:
+        return f"has no version_num column (it has {', '.join(c['name'] for c in columns) or 'none'})"
+    if not isinstance(version["type"], String):
+        return f"has a version_num column of type {version['type']}, not a text type"
+    extra = [c["name"] for c in columns if c["name"] != "version_num"]
+    if extra:
+        return f"has columns that Alembic's version table does not have: {', '.join(extra)}"
+    return None
+
+
+def broken_version_table(target: Target, problem: str, shape: bool = False) -> TargetError:
+    table = target.database.version_table
+    where = f" in schema {target.schema}" if target.schema else ""
+    if shape:
+        hint = (f"`{table}` must be Alembic's version table: one column version_num VARCHAR(32), the primary key; "
+                f"rename it or repair it by hand, then `orchestrate stamp -n {target.database.name} REVISION`")
+    else:
+        hint = (f"repair it: `orchestrate stamp --purge -n {target.database.name} REVISION` empties it and "
+                "writes the revision the schema really is at")
+    return TargetError(mask_text(f"{target.name}: the version table `{table}`{where} {problem}"), hint=hint)
 
 
 def version_table_exists(connection: Connection, target: Target) -> bool:
@@ -212,9 +296,14 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
         return steps
 
     def work(connection: Connection) -> None:
-        tracker.before = current_heads(connection, target)
+        tracker.before = current_heads(connection, target, script, shape=True)
         if upgrading and not tracker.before and not version_table_exists(connection, target):
             refuse_unversioned(connection, target)
+        if not upgrading and len(tracker.before) > 1 and revision.startswith("-"):
+            raise TargetError(
+                f"{target.name}: `downgrade {revision}` is ambiguous from the heads {', '.join(tracker.before)}",
+                hint=f"name the revision to go down to, e.g. `orchestrate downgrade -n {target.database.name} REVISION`",
+            )
         connection.rollback()  # Alembic must start outside a transaction to manage its own
         try:  # plan now, so that a lock wait before Alembic plans still names the revision
             tracker.plan(script, revision, tuple(tracker.before), upgrading)
@@ -342,6 +431,9 @@ def stamp(ws: Workspace, target: Target, revision: str, purge: bool = False) -> 
             return alembic_compat.stamp_steps(script, (revision,), heads)
 
         def work(connection: Connection) -> None:
+            # --purge rewrites the rows (the repair of a broken one); the table itself must be Alembic's.
+            current_heads(connection, target, script, shape=True, rows=not purge)
+            connection.rollback()  # Alembic must start outside a transaction to manage its own
             # Watched like a migration: it waits for locks (SQLite: busy_timeout) and names blockers.
             run_watched(ws, target, connection, tracker, plan, destination_rev=(revision,), purge=purge)
 
@@ -369,7 +461,7 @@ def current(ws: Workspace, target: Target) -> TargetResult:
                                            missing=True, version_table_exists=False)
 
         def read(connection: Connection) -> tuple[list[str], bool, list[str]]:
-            heads = current_heads(connection, target)
+            heads = current_heads(connection, target, script, shape=True)
             exists = bool(heads) or version_table_exists(connection, target)
             return heads, exists, ([] if exists else unversioned_tables(connection, target))
 
@@ -382,6 +474,9 @@ def current(ws: Workspace, target: Target) -> TargetResult:
 def positioned(
     target: Target, script: ScriptDirectory, heads: list[str], exists: bool | None, unversioned: list[str]
 ) -> TargetResult:
+    problem = version_rows_problem(heads) or version_overlap_problem(script, heads)
+    if problem:  # read in bulk: the rows were not checked yet
+        raise broken_version_table(target, problem)
     try:
         head, pending = planning.position(script, heads)
     except CommandError as exc:

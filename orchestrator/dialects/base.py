@@ -235,7 +235,7 @@ class Dialect:
             for container, version in connection.execute(text(union), {f"c{i}": n for i, n in enumerate(part)}):
                 found[containers[container]].append(version)
         connection.rollback()
-        return {tenant: sorted(revs) for tenant, revs in found.items()}
+        return {tenant: sorted(revs, key=str) for tenant, revs in found.items()}  # a NULL row is checked later
 
     def container(self, target: Target) -> str:
         """The schema (PostgreSQL) or database (MySQL) that holds a tenant's tables."""

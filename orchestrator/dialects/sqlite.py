@@ -109,7 +109,7 @@ class SQLite(Dialect):
                 continue
             connection = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=5)
             try:
-                found[target.name] = sorted(row[0] for row in connection.execute(query))
+                found[target.name] = sorted((row[0] for row in connection.execute(query)), key=str)
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
                     raise
