@@ -564,11 +564,6 @@ def revision(state: State, names: tuple[str, ...], all_: bool, message: str, aut
     state.out.print(Text(f"{name}: wrote {shown}", style="green"))
 
 
-from orchestrator.cli_workflow import install  # noqa: E402 - its commands use State, defined above
-
-install(cli)  # merge, branches, show, edit, ensure_version; -x/-q/-v/--color after every subcommand
-
-
 @cli.group(name="report")
 def report_group() -> None:
     """Work with JSON reports (e.g. merge the reports of shards)."""
@@ -638,6 +633,12 @@ def preflight_command(ctx: click.Context, selection: Selection, as_json: bool) -
     else:
         preflighting.print_document(state.out, result.document)
     _exit_for(ctx, result.outcome)
+
+
+# Last, after every command is defined: the workflow commands, and -x/-q/-v/--color after every subcommand.
+from orchestrator.cli_workflow import install  # noqa: E402 - its commands use State, defined above
+
+install(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -196,7 +196,16 @@ def install(group: click.Group) -> None:
     """Add the workflow commands to ``group``, and the common options to every command of it."""
     for command in COMMANDS:
         group.add_command(command)
-    for command in group.commands.values():
+    _add_common(group, top=True)
+
+
+def _add_common(group: click.Group, top: bool) -> None:
+    """The common options on every command of ``group`` (and of its sub-groups, and on those groups)."""
+    commands = list(group.commands.values()) + ([] if top else [group])
+    for command in commands:
+        if isinstance(command, click.Group) and command is not group:
+            _add_common(command, top=False)
+            continue
         taken = {opt for param in command.params for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
         for option in _common_options():
             if not taken.intersection(option.opts + option.secondary_opts):

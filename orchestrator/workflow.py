@@ -77,7 +77,9 @@ def _database(project: Project, name: str | Sequence[str]) -> DatabaseConfig:
 
 
 def _config(ws: Workspace, database: DatabaseConfig, output: io.StringIO | None = None) -> Config:
-    config = ws.scripts.alembic_config(database, output)
+    config = ws.scripts.alembic_config(database)
+    if output is not None:
+        config.stdout = output  # where Alembic's print_stdout writes (output_buffer is for --sql)
     apply_x_arguments(config)
     return config
 
