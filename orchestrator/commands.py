@@ -139,7 +139,7 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
         extra: dict[str, Any] = {}
         if waves:  # staged rollout: one scheduler per wave, halt rules between and during waves
             assigned = rollout.assign(plan)
-            start = rollout.resume_point(options.resume, assigned) if options.resume is not None else 1
+            start = rollout.resume_point(options.resume, assigned) if options.resume is not None else None
             staged = rollout.execute(plan, assigned, scheduler, start=start, on_result=options.on_result,
                                      fail_fast=options.fail_fast, cancelled=options.cancelled)
             outcome, extra = staged.outcome, staged.document()

@@ -182,11 +182,13 @@ class _Counts:
         return None
 
 
-def execute(plan: Plan, waves: list[Wave], make_scheduler: MakeScheduler, *, start: int = 1,
+def execute(plan: Plan, waves: list[Wave], make_scheduler: MakeScheduler, *, start: int | None = None,
             on_result: OnResult | None = None, fail_fast: bool = False,
             cancelled: threading.Event | None = None) -> RolloutRun:
-    """Run ``waves`` (from wave ``start``) one after the other; never raises for a target."""
-    run = RolloutRun(Outcome(), waves, resumed_from=start if start > 1 else None)
+    """Run ``waves`` one after the other, from wave ``start`` when resuming; never raises
+    for a target."""
+    run = RolloutRun(Outcome(), waves, resumed_from=start)
+    start = start or 1
     counts = _Counts()
     troubled: dict[str, str] = {}
     stop_reason: str | None = None
