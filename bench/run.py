@@ -378,6 +378,8 @@ class Bench:
             seconds = self.run(label, self.orchestrate("upgrade", "-n", db))
         elif mode == "orchestrate upgrade --parallel 2":
             seconds = self.run(label, self.orchestrate("upgrade", "-n", db, "--parallel", "2"))
+        elif mode == DASK_MODE:
+            seconds = self.run(label, self.orchestrate("upgrade", "-n", db, "--backend", "dask", "--parallel", "2"))
         elif mode == "orchestrate upgrade (replay)":
             seconds = self.run(label, self.orchestrate("upgrade", "-n", db), env=replay_env)
         elif mode == "orchestrate upgrade --parallel 2 (replay)":
@@ -647,6 +649,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "/dev/shm, a tmpfs, when it exists, else the system temp dir)")
     parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="where to write the report")
     parser.add_argument("--keep", action="store_true", help="keep the generated project folder (its path is printed)")
+    parser.add_argument("--dask", action="store_true", help="only compare --backend dask (a local cluster of 2 "
+                        "workers, its start included) with --parallel 2, per backend; prints the overhead per target")
     args = parser.parse_args(argv)
     quick = args.quick
     args.tenants = args.tenants or (10 if quick else 100)
@@ -658,6 +662,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+DASK_MODE = "orchestrate upgrade --backend dask (local cluster, 2 workers)"
+
+
+def dask_comparison(bench: Bench, args: argparse.Namespace, root: Path, sq_dir: Path) -> int:
+    """--dask: the same fleet through --parallel 2 and through a local Dask cluster of 2
+    workers, in the same run; the overhead per target of going through Dask."""
+    lines = ["| backend | tenants | --parallel 2 ms/tenant | dask ms/tenant | overhead ms/tenant | ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    try:
+        if not args.skip_postgres:
+            bench.setup_postgres()
+        generate(root, sq_dir, None if args.skip_postgres else bench.pg_sqlalchemy_url)
+        for backend in ["sqlite"] + ([] if args.skip_postgres else ["postgresql"]):
+            tenants = tenant_names(args.tenants)
+            subprocess.run(bench.orchestrate("heads", "-n", bench.db_name(backend)), capture_output=True, cwd=root)
+            local = bench.mode(backend, "orchestrate upgrade --parallel 2", tenants, len(tenants))
+            dask = bench.mode(backend, DASK_MODE, tenants, len(tenants))
+            lines.append(f"| {backend} | {len(tenants)} | {local.ms_per_tenant:.1f} | {dask.ms_per_tenant:.1f} | "
+                         f"{dask.ms_per_tenant - local.ms_per_tenant:+.1f} | {ratio(dask.seconds, local.seconds)} |")
+    finally:
+        bench.drop_postgres()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(sq_dir, ignore_errors=True)
+    print("\n".join(lines))
+    return 1 if bench.report.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC)
@@ -667,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     sq_dir = Path(tempfile.mkdtemp(prefix="orchestrate-bench-sqlite-", dir=sqlite_base))
     log(f"project in {root}, SQLite tenants in {sq_dir}")
     bench = Bench(args, root, sq_dir)
+    if args.dask:
+        return dask_comparison(bench, args, root, sq_dir)
     try:
         if not args.skip_postgres:
             bench.setup_postgres()

@@ -528,8 +528,6 @@ class DatabaseConfig:
     #: Every folder Alembic searches for this database's revisions (version_path among them).
     version_locations: tuple[Path, ...] = ()
     recursive_version_locations: bool = False
-    #: Most targets of this database running at once against its server (None: no cap).
-    max_per_server: int | None = None
     #: Staged rollout of upgrade (None: one wave).
     rollout: RolloutConfig | None = None
     #: The largest preflight time class allowed (None: no limit).
@@ -1376,7 +1374,6 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
             server_timeout=_first(db.server_timeout, raw.defaults.server_timeout, 120.0),
             version_locations=version_locations,
             recursive_version_locations=recursive,
-            max_per_server=_first(db.max_per_server, raw.defaults.max_per_server, 0) or None,
             rollout=_rollout(loader, here, db, raw.defaults),
             preflight_max_risk=_first(db.preflight and db.preflight.max_risk,
                                       raw.defaults.preflight and raw.defaults.preflight.max_risk, "") or None,

@@ -54,7 +54,12 @@ def dependency_order(project: Project) -> list[str]:
 
 
 def parse_shard(value: str) -> tuple[int, int]:
-    """``"2/4"`` -> (2, 4): the second of four shards (numbered from 1)."""
+    """``"2/4"`` -> (2, 4): the second of four shards (numbered from 1); ``auto``: from a
+    Kubernetes Indexed Job's environment (:mod:`orchestrator.shards`)."""
+    if value.strip() == "auto":
+        from orchestrator.shards import auto_shard
+
+        return auto_shard()
     match = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", value, re.ASCII)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise SelectionError(

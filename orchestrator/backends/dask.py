@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import queue
 import shutil
 import tarfile
@@ -62,7 +63,7 @@ try:  # an optional extra: `pip install 'orchestrate[dask]'`
 except ImportError:  # pragma: no cover - the error is raised when the backend is asked for
     _WorkerPlugin = object  # type: ignore[assignment,misc]
 
-#: Longest wait for a scheduler to answer when connecting.
+#: Longest wait for a scheduler to answer when connecting (ORCHESTRATE_DASK_CONNECT_TIMEOUT changes it).
 CONNECT_TIMEOUT_SECONDS = 30.0
 #: How often the number of workers (``capacity``) is asked again.
 CAPACITY_REFRESH_SECONDS = 2.0
@@ -203,13 +204,35 @@ class ProjectPlugin(_WorkerPlugin):
         with tarfile.open(fileobj=io.BytesIO(self.archive), mode="r:gz") as archive:
             archive.extractall(self.folder, filter="data")
         self.project = relocate(self.project, self.folder, self.places)
+        self._forget_modules()  # an earlier run on this worker may have imported older copies
         activate(self.project)
         self.ws = Workspace(self.project)
 
+    def _shipped_modules(self) -> set[str]:
+        with tarfile.open(fileobj=io.BytesIO(self.archive), mode="r:gz") as archive:
+            names = {Path(name).parts[2] for name in archive.getnames() if name.startswith("sys/")
+                     and len(Path(name).parts) == 3}
+        return {name.removesuffix(".py") for name in names}
+
+    def _forget_modules(self) -> None:
+        import importlib
+        import sys
+
+        for top in self._shipped_modules():
+            for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[name]
+        importlib.invalidate_caches()
+
     def teardown(self, worker: Any = None) -> None:
+        import sys
+
         if self.ws is not None:
             self.ws.close()
             self.ws = None
+        for entry in self.project.sys_path:
+            while str(entry) in sys.path:
+                sys.path.remove(str(entry))
+        self._forget_modules()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
@@ -260,7 +283,8 @@ class DaskBackend:
         self._cluster: Any = None
         try:
             if address:
-                self._client = Client(address, timeout=CONNECT_TIMEOUT_SECONDS, set_as_default=False)
+                timeout = float(os.environ.get("ORCHESTRATE_DASK_CONNECT_TIMEOUT", CONNECT_TIMEOUT_SECONDS))
+                self._client = Client(address, timeout=timeout, set_as_default=False)
             else:
                 self._cluster = LocalCluster(
                     n_workers=max(1, local_workers), threads_per_worker=1, processes=True,
