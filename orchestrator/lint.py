@@ -82,8 +82,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
           "add the new name, write to both, move readers over, then drop the old one"),
     _rule("INDEX-NOT-ONLINE", WARNING,
           "builds an index (or alters) without ALGORITHM=INPLACE, LOCK=NONE: writes may block",
-          "op.create_index(..., mysql_algorithm='INPLACE', mysql_lock='NONE'), or "
-          "op.execute('ALTER TABLE t ADD INDEX ..., ALGORITHM=INPLACE, LOCK=NONE')", "mysql"),
+          "op.execute('ALTER TABLE t ADD INDEX ix (col), ALGORITHM=INPLACE, LOCK=NONE')", "mysql"),
     _rule("LOCK-TIMEOUT-OVERRIDE", WARNING,
           "the revision sets its own lock timeout, replacing the lock_timeout orchestrate sets",
           "drop the SET; tune `lock_timeout:` for the database in orchestrate.yaml"),
@@ -213,6 +212,9 @@ def classify(sql: str) -> Statement:
 def _alter(sql: str, table: str | None, rest: str) -> Statement:
     upper = " ".join(rest.upper().split())
     kind, scans = "alter_table", False
+    change = re.match(r'CHANGE\s+(?:COLUMN\s+)?[`"]?([\w$]+)[`"]?\s+[`"]?([\w$]+)[`"]?', upper)
+    if change and change[1] != change[2]:  # MySQL: CHANGE old new TYPE is a rename
+        return Statement(sql, "rename_column", table)
     if re.search(r"\bALTER\s+(?:COLUMN\s+)?\S+\s+(?:SET\s+DATA\s+)?TYPE\b", upper) or re.match(
             r"(MODIFY|CHANGE)\b", upper):
         kind, scans = "alter_type", True
@@ -401,7 +403,7 @@ def _rules_for(statement: Statement, dialect: str, in_transaction: bool, fresh: 
         elif kind in ("rename_table",):
             hits.append("RENAME-IN-MODELS")
         elif kind == "rename_column":
-            column = _column_after(upper, r"RENAME\s+(?:COLUMN\s+)?", sql)
+            column = _column_after(upper, r"(?:RENAME|CHANGE)\s+(?:COLUMN\s+)?", sql)
             if column in models[table]:
                 hits.append("RENAME-IN-MODELS")
     if kind == "rename_table" and statement.table in models and "RENAME-IN-MODELS" not in hits:
