@@ -123,7 +123,7 @@ def versions(url: str) -> list[str]:
 
 def assert_truth(entry: dict[str, Any], *, applied: list[str], after: list[str] | None, failed: str | None) -> None:
     assert entry["applied"] == applied, entry
-    assert entry["after"] == after, entry
+    assert entry["after"] == after, (entry["after"], entry["error"])
     assert entry["failed_revision"] == failed, entry
 
 
@@ -244,11 +244,13 @@ def test_sqlite_commit_that_fails_blames_its_own_revision(make_project, tmp_path
 # ====================================================================== 2. a SQLite reader
 
 
-def test_sqlite_reader_is_a_lock_timeout_then_a_retry_succeeds(make_project, tmp_path) -> None:
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+def test_sqlite_reader_is_a_lock_timeout_then_a_retry_succeeds(make_project, tmp_path, driver) -> None:
     db = tmp_path / "app.db"
     sqlite3.connect(db).close()
     bodies = ['op.execute("CREATE TABLE one (id int)")', 'op.execute("CREATE TABLE two (id int)")']
-    project = app_project(make_project, sqlite_url(db), bodies, lock_timeout="1s")
+    url = sqlite_url(db).replace("sqlite://", f"{driver}://", 1)
+    project = app_project(make_project, url, bodies, lock_timeout="1s")
 
     reader = start_reader(str(db))
     try:
@@ -266,7 +268,7 @@ def test_sqlite_reader_is_a_lock_timeout_then_a_retry_succeeds(make_project, tmp
 
     # lock_retries: 1, and the reader goes away while the first attempt backs off.
     project.write_config({"sys_path": ["."], "defaults": {"lock_timeout": "1s", "lock_retries": 1},
-                          "databases": {"app": {"url": sqlite_url(db), "version_table": VT}}})
+                          "databases": {"app": {"url": url, "version_table": VT}}})
     reader = start_reader(str(db))
     journal = Path(str(db) + "-journal")
     seen: list[bool] = []
