@@ -184,7 +184,58 @@ status, status_async = _reading("status", "Like :func:`current` (fleets read in 
 check, check_async = _reading(
     "check", "Compare models and databases; raises MigrationFailed on differences unless check=False.", True)
 
+
+
+def _report(command: str, config_path: str | Path | None, names: str | Iterable[str], tenants: Iterable[str],
+            shard: str | None, check: bool, args: tuple[Any, ...]) -> dict[str, Any]:
+    """lint/preflight: the report document (findings, time classes, checks per target)."""
+    from orchestrator import commands
+    from orchestrator.config import load_project
+
+    project = load_project(config_path)
+    selection = commands.Selection(_names(names), False, tuple(tenants), None, shard)
+    with _ALEMBIC:
+        result = getattr(commands, command)(project, selection, *args)
+    if check and not result.outcome.ok:
+        raise MigrationFailed(result.outcome)
+    document: dict[str, Any] = result.document
+    return document
+
+
+def lint(config_path: str | Path | None = None, names: str | Iterable[str] = (), *, range: str | None = None,
+         check: bool = False) -> dict[str, Any]:
+    """``orchestrate lint``: the report document, each database's ``findings`` (rule, level,
+    revision, statement, reason, safer). ``range="FROM:TO"`` lints those revisions instead of
+    the pending ones; ``check=True`` raises MigrationFailed on an error-level finding."""
+    _refuse_on_running_loop("lint")
+    return _report("lint", config_path, names, (), None, check, (range,))
+
+
+async def lint_async(config_path: str | Path | None = None, names: str | Iterable[str] = (), *,
+                     range: str | None = None, check: bool = False) -> dict[str, Any]:
+    """:func:`lint` for async code (in a worker thread)."""
+    return await _off_the_loop(lambda _cancel: _report("lint", config_path, names, (), None, check, (range,)))
+
+
+def preflight(config_path: str | Path | None = None, names: str | Iterable[str] = (), *,
+              tenants: Iterable[str] = (), shard: str | None = None, check: bool = False) -> dict[str, Any]:
+    """``orchestrate preflight``, read-only: the report document, per target ``time_class``,
+    ``statements`` (lock, rows, bytes, findings), ``checks`` (``passed``, ``rows``);
+    ``check=True`` raises MigrationFailed when a target fails a check or exceeds max_risk."""
+    _refuse_on_running_loop("preflight")
+    return _report("preflight", config_path, names, tenants, shard, check, ())
+
+
+async def preflight_async(config_path: str | Path | None = None, names: str | Iterable[str] = (), *,
+                          tenants: Iterable[str] = (), shard: str | None = None,
+                          check: bool = False) -> dict[str, Any]:
+    """:func:`preflight` for async code (in a worker thread)."""
+    tenants = tuple(tenants)
+    return await _off_the_loop(lambda _cancel: _report("preflight", config_path, names, tenants, shard, check, ()))
+
+
 __all__ = [
     "MigrationFailed", "check", "check_async", "current", "current_async", "downgrade", "downgrade_async",
+    "lint", "lint_async", "preflight", "preflight_async",
     "stamp", "stamp_async", "status", "status_async", "upgrade", "upgrade_async",
 ]

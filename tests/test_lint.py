@@ -138,6 +138,12 @@ def test_each_rule_fires_on_its_unsafe_form_only(dialect, make_project, request,
     assert not problems, problems
     silenced = next(r for r in entry["revisions"] if r["revision"] == "rsil")
     assert silenced["silenced"] == ["DML-NO-WHERE"]
+    # the Python API returns the same document; check=True raises on an error-level finding
+    from orchestrator import api
+
+    assert api.lint(project.config, range="base:heads")["targets"][0]["findings"] == entry["findings"]
+    with pytest.raises(api.MigrationFailed):
+        api.lint(project.config, range="base:heads", check=True)
     # the human form names rule, reason and safer alternative
     result = project.cli("lint", "--range", "base:heads")
     assert result.exit_code == 1 and "NOT-NULL-NO-DEFAULT" in result.stdout and "safer:" in result.stdout

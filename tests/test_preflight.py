@@ -125,3 +125,8 @@ def test_sqlite_fleet_counts_rows_and_creates_no_file(make_project, tmp_path) ->
     assert targets["t000"]["time_class"] == "instant"
     assert targets["t002"]["missing"] is True and targets["t002"]["pending"] == 2
     assert all(c["passed"] for e in targets.values() for c in e["checks"])
+    from orchestrator import api
+
+    document = api.preflight(project.config, tenants=["t001"])
+    assert [t["time_class"] for t in document["targets"]] == ["seconds"]
+    assert not fleet.sqlite_path("t002").exists()
