@@ -168,6 +168,11 @@ def replay_vs_live(kit: Kit, name: str) -> None:
             count = result.replayed or 0
             kit.notes.append(f"{result.target}: {len(result.applied)} revisions, {count} replayed, "
                              f"{len(result.applied) - count} ran live")
+        script = kit.script(name)
+        always_live = [sc.revision for sc in script.walk_revisions()
+                       if getattr(sc.module, "orchestrate_replay", True) is False]
+        if always_live:
+            kit.notes.append(f"always live (orchestrate_replay = False): {', '.join(reversed(always_live))}")
         for index, (a, b) in enumerate(zip(live_targets, replay_targets)):
             differ = schema_diff(live.schema(a), replayed.schema(b))
             if differ:
