@@ -6,15 +6,17 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 
 from orchestrator.dialects.base import (
     LOCK_POLL_SECONDS,
+    TENANT_PLACEHOLDER,
     BlockerWatch,
     Dialect,
     MigrationLock,
@@ -38,6 +40,23 @@ class SQLite(Dialect):
     """pysqlite and aiosqlite, with the documented BEGIN recipe so DDL is transactional."""
 
     name = "sqlite"
+
+    def server_key(self, url: URL) -> tuple[Any, ...]:
+        return ("sqlite",)  # files on this machine
+
+    def version_table_place(self, url: URL, schema: str | None, table: str) -> tuple[Any, ...] | None:
+        if not url.database or url.database == ":memory:":
+            return None
+        return ("sqlite", os.path.realpath(url.database), schema, table)
+
+    def tenant_place(self, url: URL, mode: str, table: str) -> Callable[[str], tuple[Any, ...]] | None:
+        template = url.database or ""
+        at = template.find(TENANT_PLACEHOLDER)
+        if mode != "database" or at < 0:
+            return None
+        cut = template.rfind("/", 0, at) + 1
+        folder, rest = os.path.realpath(template[:cut] or "."), template[cut:]
+        return lambda name: ("sqlite", os.path.normpath(f"{folder}/{rest.replace(TENANT_PLACEHOLDER, name)}"), None, table)
 
     def tenant_name_problem(self, name: str) -> str | None:
         # A tenant is a file in the folder of the URL's template: one plain file name.
