@@ -107,10 +107,20 @@ def project_for(make_project: Any, url: str) -> Project:
     return project
 
 
+def valid(document: dict[str, Any]) -> dict[str, Any]:
+    """The document matches the report schema that ships in the package."""
+    import jsonschema
+
+    from orchestrator.report import SCHEMA_PATH
+
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    return document
+
+
 def lint_json(project: Project, *args: str, code: int) -> dict[str, Any]:
     result = project.cli("lint", *args, "--json")
     assert result.exit_code == code, f"{result.exit_code}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return json.loads(result.stdout)
+    return valid(json.loads(result.stdout))
 
 
 @pytest.mark.parametrize("dialect", ALL)

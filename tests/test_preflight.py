@@ -34,10 +34,20 @@ def fleet_project(make_project: Any, fleet: Fleet, preflight: dict[str, Any] | N
     return project
 
 
+def valid(document: dict[str, Any]) -> dict[str, Any]:
+    """The document matches the report schema that ships in the package."""
+    import jsonschema
+
+    from orchestrator.report import SCHEMA_PATH
+
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    return document
+
+
 def preflight(project: Project, *args: str, code: int) -> dict[str, Any]:
     result = project.cli("preflight", *args, "--json")
     assert result.exit_code == code, f"{result.exit_code}\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
-    return {t["tenant"]: t for t in json.loads(result.stdout)["targets"]}
+    return {t["tenant"]: t for t in valid(json.loads(result.stdout))["targets"]}
 
 
 def pg_catalog(url: str, schemas: list[str]) -> list[tuple[Any, ...]]:

@@ -45,6 +45,16 @@ def versions(fleet: Fleet, tenants: list[str]) -> dict[str, list[str] | None]:
     return fleet.versions(tenants)
 
 
+def valid(document: dict[str, Any]) -> dict[str, Any]:
+    """The document matches the report schema that ships in the package."""
+    import jsonschema
+
+    from orchestrator.report import SCHEMA_PATH
+
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    return document
+
+
 def break_tenant(fleet: Fleet, tenant: str) -> None:
     """A duplicate code: the unique index of REV_C fails on this tenant."""
     fleet.execute_in(tenant, "INSERT INTO items (id, code, qty) VALUES (10, 'dup', 1), (11, 'dup', 2)")
@@ -80,7 +90,7 @@ def test_canary_failure_halts_then_resume_completes(make_project, tmp_path) -> N
     first = tmp_path / "first.json"
     out = run(project, "upgrade", "--report", str(first), code=1)
     assert "halted" in out and "wave 1 (canary)" in out and "--resume" in out
-    report = json.loads(first.read_text())
+    report = valid(json.loads(first.read_text()))
     halted = report["halted"]
     assert halted["wave"] == 1 and halted["name"] == "canary" and halted["rule"] == "failures", halted
     assert halted["failed"] == ["shops/t001"], halted
@@ -99,7 +109,7 @@ def test_canary_failure_halts_then_resume_completes(make_project, tmp_path) -> N
     second = tmp_path / "second.json"
     run(project, "upgrade", "--resume", str(first), "--report", str(second))
     assert set(map(tuple, versions(fleet, fleet.tenants).values())) == {(REV_C,)}
-    resumed = json.loads(second.read_text())
+    resumed = valid(json.loads(second.read_text()))
     assert resumed["ok"] is True and resumed["halted"] is None
     assert resumed["rollout"]["resumed_from"] == 1
     assert [w["status"] for w in resumed["rollout"]["waves"]] == ["completed"] * 3
