@@ -193,3 +193,29 @@ def test_resume_refuses_a_report_without_waves(make_project, tmp_path) -> None:
     assert result.exit_code == 2 and "not the report of a rollout" in result.stderr, result.stderr
     result = project.cli("upgrade", "--resume", str(path), "--waves", "off")
     assert result.exit_code == 2 and "--waves off" in result.stderr, result.stderr
+
+
+def test_lock_timeouts_halt_rule(make_project, tmp_path) -> None:
+    """A canary tenant whose file another session holds locked times out (lock_timeout) and
+    the lock_timeouts rule halts the rollout after the canary wave."""
+    import sqlite3
+
+    project, fleet = make_fleet(make_project, tmp_path, 8, {
+        "canary": ["t003"], "waves": ["100%"], "halt": {"lock_timeouts": 1}})
+    config = project.config.read_text()
+    project.write_config(config.replace("shops:\n", "shops:\n    lock_timeout: 300ms\n", 1))
+    run(project, "upgrade", REV_B, "--waves", "off")
+    holder = sqlite3.connect(fleet.sqlite_path("t003"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # readers go on, writers wait
+    try:
+        path = tmp_path / "r.json"
+        run(project, "upgrade", "--report", str(path), code=1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    report = valid(json.loads(path.read_text()))
+    assert report["halted"] is not None, [(t["tenant"], t["status"], t["error"]) for t in report["targets"]]
+    assert report["halted"]["rule"] == "lock_timeouts" and report["halted"]["wave"] == 1, report["halted"]
+    target = next(t for t in report["targets"] if t["tenant"] == "t003")
+    assert target["lock_timeout"] is True and target["status"] == "failed"
+    assert set(map(tuple, versions(fleet, fleet.tenants).values())) == {(REV_B,)}
