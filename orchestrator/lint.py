@@ -378,7 +378,7 @@ def _rules_for(statement: Statement, dialect: str, in_transaction: bool, fresh: 
         fresh = False
         hits.append("TABLE-RECREATE")
     if kind.startswith(("alter", "add", "set_", "validate", "drop_column", "rename", "create_index")) and \
-            database.lock_timeout == 0 and kind != "create_index_concurrently":
+            database.lock_timeout == 0 and kind != "create_index_concurrently" and not fresh:
         hits.append("NO-LOCK-TIMEOUT")
     if not fresh:
         if kind == "add_column" and re.search(r"\bNOT\s+NULL\b", upper) and not re.search(r"\bDEFAULT\b", upper):

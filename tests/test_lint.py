@@ -173,3 +173,16 @@ def test_warnings_alone_exit_0_and_default_lints_only_pending(make_project, pg_u
     document = lint_json(project, code=1)
     linted = [r["revision"] for r in document["targets"][0]["revisions"]]
     assert linted[0] != "r000" and "r000" not in linted and len(linted) == len(made)
+
+
+def test_alter_without_lock_timeout_is_named_on_postgresql(make_project, pg_url) -> None:
+    project = project_for(make_project, pg_url)
+    folder = project.root / "versions" / "app"
+    write_revision(folder, "r000", None, "base", BASE)
+    write_revision(folder, "r001", "r000", "add note",
+                   '''    op.add_column("accounts", sa.Column("note", sa.String(20), nullable=True))''')
+    document = lint_json(project, "--range", "base:heads", code=0)
+    assert document["targets"][0]["findings"] == []  # orchestrate sets lock_timeout (10s by default)
+    project.write_config(project.config.read_text().replace("app:\n", "app:\n    lock_timeout: 0s\n", 1))
+    document = lint_json(project, "--range", "base:heads", code=0)
+    assert [(f["rule"], f["revision"]) for f in document["targets"][0]["findings"]] == [("NO-LOCK-TIMEOUT", "r001")]
