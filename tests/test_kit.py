@@ -14,6 +14,14 @@ from conftest import MYSQL_URL, PG_URL, _server_or_skip
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+# Imported here, before pytester snapshots sys.modules: its in-process runs drop the modules
+# they imported, and a class imported twice (Target) would not be itself any more.
+import orchestrator.api
+import orchestrator.cli
+import orchestrator.testing.checks
+import orchestrator.testing.runner
+import orchestrator.testing.scratch  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 

@@ -10,12 +10,25 @@ a test module (``orchestrate init --tests`` writes one).
 """
 from __future__ import annotations
 
-from orchestrator.testing.checks import CHECKS, Kit
-from orchestrator.testing.plugin import MigrationTests
-from orchestrator.testing.runner import KitFailure, Runner, read_schema, schema_diff
-from orchestrator.testing.scratch import Scratch, Unavailable, open_scratch, scratch, url_variable
+import importlib
+from typing import Any
 
-__all__ = [
-    "CHECKS", "Kit", "KitFailure", "MigrationTests", "Runner", "Scratch", "Unavailable", "open_scratch",
-    "read_schema", "schema_diff", "scratch", "url_variable",
-]
+from orchestrator.testing.plugin import MigrationTests
+
+#: name -> the module that defines it (imported on first use: the pytest plugin loads this
+#: package in every pytest run of the environment, so it stays light).
+_LAZY = {
+    "CHECKS": "checks", "Kit": "checks", "KitFailure": "runner", "Runner": "runner", "read_schema": "runner",
+    "schema_diff": "runner", "Scratch": "scratch", "Unavailable": "scratch", "open_scratch": "scratch",
+    "url_variable": "scratch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"orchestrator.testing.{module}"), name)
+
+
+__all__ = ["MigrationTests", *_LAZY]

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from orchestrator.config import Project, load_project
-from orchestrator.errors import OrchestrateError
-from orchestrator.testing.checks import CHECKS, Kit
-from orchestrator.testing.runner import KitFailure, Runner
-from orchestrator.testing.scratch import Scratch, Unavailable, open_scratch
+if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: import the engine when used
+    from orchestrator.config import Project
+    from orchestrator.testing.checks import Kit
+    from orchestrator.testing.runner import Runner
+    from orchestrator.testing.scratch import Scratch
 
 
 class MigrationTests:
@@ -86,6 +86,10 @@ class KitCollector(pytest.Collector):
         self.tests = tests
 
     def collect(self) -> list[pytest.Item]:
+        from orchestrator.config import load_project
+        from orchestrator.errors import OrchestrateError
+        from orchestrator.testing.checks import CHECKS
+
         path = _config_path(self.config, self.tests.config)
         try:
             project = load_project(path)
@@ -120,6 +124,9 @@ class KitItem(pytest.Item):
         self.check = check
 
     def runtest(self) -> None:
+        from orchestrator.testing.checks import Kit
+        from orchestrator.testing.scratch import Unavailable
+
         kit = Kit(self.project, _urls(self.config))
         try:
             self.check(kit, self.database)
@@ -130,6 +137,8 @@ class KitItem(pytest.Item):
                 self.add_report_section("call", "orchestrate", "\n".join(kit.notes))
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        from orchestrator.testing.runner import KitFailure
+
         if isinstance(excinfo.value, KitFailure):
             return f"{self.name}: {excinfo.value}"
         return super().repr_failure(excinfo)
@@ -167,6 +176,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 @pytest.fixture
 def orchestrate_project(request: pytest.FixtureRequest) -> Project:
     """The project of orchestrate.yaml (``--orchestrate-config``, default ./orchestrate.yaml)."""
+    from orchestrator.config import load_project
+
     return load_project(_config_path(request.config))
 
 
@@ -174,6 +185,8 @@ def orchestrate_project(request: pytest.FixtureRequest) -> Project:
 def empty_target(request: pytest.FixtureRequest, orchestrate_project: Project) -> Iterator[Callable[..., Scratch]]:
     """``empty_target("users")``: that database on fresh, empty storage of its own dialect
     (skips the test without a server for it); everything is dropped after the test."""
+    from orchestrator.testing.scratch import Unavailable, open_scratch
+
     made: list[Scratch] = []
 
     def make(name: str, *, with_dependencies: bool = False, replay: bool | None = None) -> Scratch:
@@ -196,6 +209,8 @@ def empty_target(request: pytest.FixtureRequest, orchestrate_project: Project) -
 def orchestrate_runner(empty_target: Callable[..., Scratch]) -> Callable[..., Runner]:
     """``orchestrate_runner("users")``: a Runner (upgrade, downgrade, current, schema,
     connection) on that database's fresh empty storage."""
+
+    from orchestrator.testing.runner import Runner
 
     def make(name: str, **kw: Any) -> Runner:
         return Runner(empty_target(name, **kw))
