@@ -317,7 +317,8 @@ def print_document(console: Any, document: dict[str, Any]) -> None:
                 rows = statement["rows"]
                 console.print(Text(
                     f"    {statement['time_class']:<9} {statement['revision']} {statement['sql'][:100]}  "
-                    f"[{statement['table']}: {rows if rows is not None else '?'} rows; lock {statement['lock']}"
+                    f"[{statement['table']}: {rows if rows is not None else '?'} rows{_size(statement['bytes'])}; "
+                    f"lock {statement['lock']}"
                     + (f"; {', '.join(statement['findings'])}" if statement["findings"] else "") + "]",
                     style=styles.get(statement["time_class"], "")))
         for check in failed:
@@ -325,3 +326,15 @@ def print_document(console: Any, document: dict[str, Any]) -> None:
             console.print(Text(f"    check failed ({rows if rows is not None else '?'} rows) {check['revision']}: "
                                f"{check['sql'][:120]}" + (f": {check['error']}" if check.get("error") else ""),
                                style="bold red"))
+
+
+def _size(size: int | None) -> str:
+    """``, 105.3 MB`` for people (nothing when the server could not tell)."""
+    if not size:
+        return ""
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1024:
+            return f", {value:.0f} B" if unit == "B" else f", {value:.1f} {unit}"
+        value /= 1024
+    return f", {value:.1f} GB"

@@ -203,9 +203,10 @@ def execute(plan: Plan, waves: list[Wave], make_scheduler: MakeScheduler, *, sta
         if wave.number < start:
             wave.status = "completed"  # by the run being resumed
             continue
-        if stop_reason is not None:
-            for target in wave.targets:
-                record(TargetResult.for_target(target, Status.NOT_RUN, error=f"{target.name}: not run: {stop_reason}"))
+        if stop_reason is not None:  # in the report, not one line each on the console
+            run.outcome.results.extend(
+                TargetResult.for_target(target, Status.NOT_RUN, error=f"{target.name}: not run: {stop_reason}")
+                for target in wave.targets)
             continue
         broken = [d for d in plan.waits_for(wave.database) if d in troubled]
         if broken:
