@@ -147,7 +147,7 @@ def select(
         missing = [t for t in wanted_tenants if t not in found]
         if missing:
             raise SelectionError(
-                f"unknown tenant{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+                f"unknown tenant{'s' if len(missing) > 1 else ''}: {_listed(missing, origins or {})}",
                 hint=f"not a tenant of {', '.join(db.name for db in multi)}",
             )
     else:
@@ -208,6 +208,13 @@ def _check_tenant_names(multi: list[DatabaseConfig], names: list[str], origins: 
         hint="tenant names become schema, database or file names on the server; they must match "
         f"`pattern:` under `tenants:` of {', '.join(f'`{db.name}`' for db in multi)} and the server's naming rules",
     )
+
+
+def _listed(names: list[str], origins: Mapping[str, str], shown: int = 10) -> str:
+    """The first few names (with where they came from), and how many more."""
+    text = ", ".join(f"{_short(n)[1:-1] if n.isprintable() else _short(n)}"
+                     + (f" ({origins[n]})" if n in origins else "") for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _short(value: str, limit: int = 80) -> str:

@@ -99,6 +99,11 @@ def tenant_problems(database: DatabaseConfig, names: Sequence[str]) -> tuple[int
     for index, name in enumerate(names):
         if not isinstance(name, str):
             return index, f"a tenant name must be text, not {type(name).__name__}"
+        if not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes of a command line arrive as lone surrogates
+                return index, f"tenant name {_short(name)} is not valid UTF-8 text"
         problem = tenant_name_problem_text(backend, name)
         if problem:
             return index, problem
