@@ -224,6 +224,7 @@ def _inspect(ws: Workspace, linter: Linter, target: Target, report: TargetPrefli
                 "table": statement.table, "lock": lock_for(dialect.name, statement),
                 "rows": rows, "bytes": size.get("bytes"), "scans": statement.scans, "time_class": klass,
                 "findings": list(statement.rules),
+                "note": _note(statement, rows),
             })
         classes.extend(rev_classes)
         report.revisions.append({
@@ -231,6 +232,13 @@ def _inspect(ws: Workspace, linter: Linter, target: Target, report: TargetPrefli
             "findings": [f.to_json() for f in lint.findings], "silenced": lint.silenced, "sql_error": lint.error,
         })
     report.time_class = worst(classes)
+
+
+def _note(statement: Statement, rows: int | None) -> str | None:
+    """What the size says about a statement beyond its time (None: nothing)."""
+    if "NOT-NULL-NO-DEFAULT" in statement.rules and rows:
+        return f"fails: the table holds {rows} rows and the new NOT NULL column has no default"
+    return None
 
 
 def table_sizes(connection: Connection, dialect: str, tables: list[str]) -> dict[str, dict[str, Any]]:
@@ -319,7 +327,8 @@ def print_document(console: Any, document: dict[str, Any]) -> None:
                     f"    {statement['time_class']:<9} {statement['revision']} {statement['sql'][:100]}  "
                     f"[{statement['table']}: {rows if rows is not None else '?'} rows{_size(statement['bytes'])}; "
                     f"lock {statement['lock']}"
-                    + (f"; {', '.join(statement['findings'])}" if statement["findings"] else "") + "]",
+                    + (f"; {', '.join(statement['findings'])}" if statement["findings"] else "") + "]"
+                    + (f" {statement['note']}" if statement.get("note") else ""),
                     style=styles.get(statement["time_class"], "")))
         for check in failed:
             rows = check["rows"]

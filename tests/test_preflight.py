@@ -133,6 +133,7 @@ def test_sqlite_fleet_counts_rows_and_creates_no_file(make_project, tmp_path) ->
     assert {t: fleet.sqlite_path(t).read_bytes() for t in ("t000", "t001")} == before
     assert targets["t001"]["time_class"] == "seconds" and targets["t001"]["statements"][0]["rows"] == 12000
     assert targets["t000"]["time_class"] == "instant"
+    assert targets["t001"]["statements"][0]["note"] is None
     assert targets["t002"]["missing"] is True and targets["t002"]["pending"] == 2
     assert all(c["passed"] for e in targets.values() for c in e["checks"])
     from orchestrator import api
