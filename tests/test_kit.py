@@ -87,7 +87,10 @@ def make_project(root: Path, *, urls: dict[str, str] | None = None, fleet: bool 
         "beta": {"url": urls.get("beta", "sqlite:///var/beta.db"), "metadata": f"{module}:beta_metadata",
                  "depends_on": ["alpha"]},
     }
-    if fleet:
+    if fleet and "fleet" in urls:  # schema per tenant on a server
+        databases["fleet"] = {"url": urls["fleet"], "metadata": f"{module}:fleet_metadata",
+                              "tenants": {"mode": "schema", "names": ["acme", "globex", "initech"]}}
+    elif fleet:
         databases["fleet"] = {"url": "sqlite:///var/fleet/{tenant}.db", "metadata": f"{module}:fleet_metadata",
                               "tenants": {"mode": "database", "names": ["acme", "globex", "initech"]}}
     import yaml
@@ -176,20 +179,24 @@ def test_plugin_is_off_unless_enabled(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize("server", ["postgresql", "mariadb"])
-def test_clean_project_on_a_server_passes_and_drops_what_it_made(pytester: pytest.Pytester, server: str) -> None:
+def test_clean_project_on_a_server_passes_and_drops_what_it_made(pytester: pytest.Pytester, server: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     admin = PG_URL if server == "postgresql" else MYSQL_URL
     _server_or_skip(admin, server)
     configured = ("postgresql+psycopg://app@db.invalid:5432/app" if server == "postgresql"
                   else "mysql+pymysql://app@db.invalid:3306/app")
-    make_project(pytester.path, urls={"alpha": configured, "beta": configured}, tests=False)
+    make_project(pytester.path, urls={"alpha": configured, "beta": configured, "fleet": configured}, fleet=True,
+                 tests=False)
     before = kit_databases(admin)
     skipped = pytester.runpytest("-p", "no:cacheprovider", "--orchestrate", "-k", "upgrade and not async", "-rs")
-    skipped.assert_outcomes(skipped=2)
+    skipped.assert_outcomes(skipped=3)
     assert "ORCHESTRATE_TEST_ALPHA_URL" in skipped.stdout.str()
+    monkeypatch.setenv("ORCHESTRATE_TEST_FLEET_URL", admin)  # the variable, or --orchestrate-url
     result = pytester.runpytest("-p", "no:cacheprovider", "--orchestrate", f"--orchestrate-url=alpha={admin}",
-                                f"--orchestrate-url=beta={admin}", "-rA")
+                                f"--orchestrate-url=beta={admin}", "-rA", "-k", "not fleet or replay or stairway")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 8 and "failed" not in outcomes and "skipped" not in outcomes, result.stdout.str()
+    assert outcomes.get("passed", 0) >= 13 and "failed" not in outcomes and "skipped" not in outcomes, result.stdout.str()
+    assert "fleet/" in result.stdout.str() and "ran live" in result.stdout.str()  # schema tenants, replay compared
     assert kit_databases(admin) == before
 
 

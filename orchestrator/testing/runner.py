@@ -38,6 +38,7 @@ class Runner:
     """Migrations of one database of a scratch project (see the module docstring)."""
 
     scratch: Scratch
+    _ensured: bool = False
 
     @property
     def name(self) -> str:
@@ -96,9 +97,22 @@ class Runner:
         finally:
             engine.dispose()
 
+    def ensure(self) -> None:
+        """Create every target's storage (its schema or database) and empty version table,
+        so that it can be read before the first revision ran."""
+        from orchestrator.workflow import ensure_version
+
+        outcome = ensure_version(self.project, Selection((self.name,)))
+        bad = [r for r in outcome.results if not r.status.succeeded]
+        if bad:
+            raise KitFailure("\n".join(f"{r.target}: could not create its version table: {r.error}" for r in bad))
+
     def schema(self, target: Target | None = None) -> Schema:
         """The tables of a target (the first by default), without the version table."""
         target = target or self.targets()[0]
+        if not self._ensured:
+            self.ensure()
+            self._ensured = True
         with self.connection(target) as connection:
             return read_schema(connection, target.schema, {self.scratch.database.version_table})
 
