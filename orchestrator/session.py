@@ -25,7 +25,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
@@ -59,6 +60,7 @@ class Engines:
     def __init__(self) -> None:
         self._engines: dict[str, Engine] = {}
         self._route = threading.local()  # the target the engine's next connection goes to
+        self._watching = threading.local()  # the Watchdog of the session connecting now
 
     def engine(self, target: Target, dialect: Dialect) -> Engine:
         key = target.database.name if dialect.engine_serves_many_databases else target.url
@@ -83,8 +85,37 @@ class Engines:
                     cparams.update(new_params)
                     cparams.update(dialect.connect_args(routed))
 
+            self.watch_connects(engine, dialect)
             self._engines[key] = engine
         return engine
+
+    def watch_connects(self, engine: Engine, dialect: Dialect) -> None:
+        """Hand every new driver connection to the Watchdog of the session that opens it
+        the moment the driver has connected: before SQLAlchemy's first queries on it (the
+        server's version and settings), which a silent server would otherwise block forever.
+        Registered after the routing hook, so it connects with the routed arguments."""
+        watching = self._watching
+
+        @event.listens_for(engine, "do_connect")
+        def _connect_watched(sa_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+            watchdog: Watchdog | None = getattr(watching, "watchdog", None)
+            if watchdog is None:
+                return None
+            watchdog.refuse_reconnect()
+            raw = sa_dialect.connect(*cargs, **cparams)
+            dialect.connected(raw)
+            watchdog.watch_raw(raw)
+            return raw
+
+    @contextmanager
+    def watching(self, watchdog: Watchdog) -> Iterator[None]:
+        """Connections opened in this thread meanwhile are watched by ``watchdog``."""
+        previous = getattr(self._watching, "watchdog", None)
+        self._watching.watchdog = watchdog
+        try:
+            yield
+        finally:
+            self._watching.watchdog = previous
 
     def routed(self, target: Target) -> _Route:
         return _Route(self._route, target)
@@ -151,6 +182,7 @@ class Session:
         except (SQLAlchemyError, ImportError) as exc:
             raise connect_error(self.target, exc) from exc
         self.dialect.install(engine.sync_engine, self.target)
+        self.engines.watch_connects(engine.sync_engine, self.dialect)
         try:
             return self._run_on(engine.sync_engine, work)
         finally:
@@ -160,7 +192,7 @@ class Session:
         target, dialect = self.target, self.dialect
         dialect.before_connect(target)
         watchdog = Watchdog(target, dialect)
-        with watchdog:
+        with watchdog, self.engines.watching(watchdog):
             try:
                 connection = engine.connect()
             except SQLAlchemyError as exc:
@@ -175,7 +207,7 @@ class Session:
                 raise watchdog.explain(exc) from exc
             finally:
                 try:
-                    if held is not None:
+                    if held is not None and not connection.invalidated:
                         held.release()
                 except Exception:  # noqa: BLE001 - a dead session has dropped its lock already
                     pass
@@ -217,6 +249,7 @@ class Watchdog:
         self.dialect = dialect
         self.timeout = float(getattr(target.database, "server_timeout", 120.0) or 0)
         self.fired = False
+        self._session: Connection | None = None
         self._watched: list[Any] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,22 +267,40 @@ class Watchdog:
             self._thread = None
 
     def watch(self, connection: Connection) -> None:
+        """Watch the session's connection (its driver connection is watched already)."""
+        self._session = connection
         try:
-            raw = connection.connection.dbapi_connection
-            self._watched.append(getattr(raw, "driver_connection", raw))
+            self.watch_raw(connection.connection.dbapi_connection)
         except Exception:  # noqa: BLE001 - nothing to watch: the bound is then the driver's
             pass
 
+    def refuse_reconnect(self) -> None:
+        """SQLAlchemy opens a new connection for a session connection that died, at its
+        next use (a read after the failure, the lock's release). That would be a session
+        without the lock, the timeouts and the tenant's schema (a version table read there
+        may be another one's), and on a silent server another wait: refuse it. Other
+        connections (a revision's own ``engine.connect()``) go on while the session lives."""
+        if self._session is not None and self._session.invalidated:
+            raise ConnectionLost(
+                f"{self.target.name}: the session's connection to {self.target.display_url} was lost; "
+                "it is not opened again (its migration lock and settings died with it)"
+            )
+
+    def watch_raw(self, raw: Any) -> None:
+        """Watch a DBAPI connection (or SQLAlchemy's adapter of an async driver's)."""
+        driver = getattr(raw, "driver_connection", raw)
+        if driver is not None and not any(driver is w for w in self._watched):
+            self._watched.append(driver)
+
     def explain(self, exc: BaseException) -> BaseException:
         """The error to report: a silent-server error when the watchdog cut the session."""
-        if not self.fired:
+        if not self.fired or isinstance(exc, ServerSilent):
             return exc
-        detail = "" if isinstance(exc, TargetError) else f" ({type(exc).__name__})"
-        return TargetError(
-            f"{self.target.name}: the server at {self.target.display_url} stopped answering for "
-            f"{self.timeout:g}s (server_timeout); the session was cut{detail}",
-            hint="check the server and the network; raise `server_timeout` for statements that legitimately "
-            "keep a silent server (the watchdog probes the server, so a busy healthy server is not cut)",
+        detail = "" if isinstance(exc, OrchestrateError) else f" ({type(exc).__name__})"
+        return ServerSilent(
+            self.target.name,
+            f"the server at {self.target.display_url} stopped answering for {self.timeout:g}s "
+            f"(server_timeout); the session was cut{detail}",
         )
 
     def _run(self) -> None:
@@ -293,12 +344,38 @@ class Watchdog:
 
         thread = threading.Thread(target=probe, name=f"orchestrate-probe:{self.target.name}", daemon=True)
         thread.start()
-        thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while thread.is_alive() and not self._stop.is_set() and time.monotonic() < deadline:
+            thread.join(min(0.1, max(0.0, deadline - time.monotonic())))  # the session may end meanwhile
         if thread.is_alive():
             for raw in holder:
                 self.dialect.cut(raw)
             return False
         return answered.is_set()
+
+
+class ConnectionLost(OrchestrateError):
+    """A session's connection died and is not opened again (see :meth:`Watchdog.refuse_reconnect`)."""
+
+
+class ServerSilent(OrchestrateError):
+    """The Watchdog cut a session whose server stopped answering for ``server_timeout``.
+
+    Not a :class:`TargetError`: the operation that ran adds what it knows (the revision
+    that did not commit, where the version table is). ``message`` names the target;
+    ``str()`` does not, for the operation's own message that names it already.
+    """
+
+    def __init__(self, target_name: str, text: str) -> None:
+        super().__init__(
+            f"{target_name}: {text}",
+            hint="check the server and the network; raise `server_timeout` for statements that legitimately "
+            "keep a silent server (the watchdog probes the server, so a busy healthy server is not cut)",
+        )
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def run_in_greenlet(fn: Callable[[], T], target: Target) -> T:
@@ -346,4 +423,7 @@ def host_and_pid() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-__all__ = ["Engines", "OrchestrateError", "Session", "Watchdog", "connect_error", "host_and_pid", "run_in_greenlet"]
+__all__ = [
+    "ConnectionLost", "Engines", "OrchestrateError", "ServerSilent", "Session", "Watchdog", "connect_error",
+    "host_and_pid", "run_in_greenlet",
+]
