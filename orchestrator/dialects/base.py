@@ -143,6 +143,10 @@ class Dialect:
         connection itself, keepalives so a vanished peer is noticed."""
         return {}
 
+    def connected(self, raw: Any) -> None:
+        """A session's driver connection has just connected: lift what :meth:`connect_args`
+        bounded for the handshake only (a silent server is then the Watchdog's to bound)."""
+
     #: Can a watchdog probe this server on connections of its own (a network server)?
     probes_server: ClassVar[bool] = False
 
@@ -159,9 +163,12 @@ class Dialect:
         from sqlalchemy.pool import NullPool
 
         args = {**self.connect_args(target), "connect_timeout": max(1, int(timeout))}
-        engine = create_engine(self.sync_url(target), poolclass=NullPool, connect_args=args)
+        engine = create_engine(self.sync_url(target), poolclass=NullPool)
         try:
-            return engine.raw_connection().dbapi_connection
+            # The driver's connect alone: not the pool's, whose first connection runs
+            # SQLAlchemy's set-up queries, unbounded on a silent server.
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            return engine.dialect.connect(*cargs, **{**cparams, **args})
         finally:
             engine.dispose()
 

@@ -46,8 +46,20 @@ class MySQL(Dialect):
             return None
 
     def connect_args(self, target: Target) -> dict[str, Any]:
-        # PyMySQL: connect_timeout bounds the TCP connect and the handshake.
-        return {"connect_timeout": max(1, round(getattr(target.database, "connect_timeout", 10.0)))}
+        # PyMySQL: connect_timeout bounds the TCP connect only; the handshake that follows
+        # (and the SET NAMES it sends) waits for the server as long as read_timeout allows.
+        # So both are bounded by connect_timeout; `connected` lifts the read bound of a
+        # session's connection (its statements may run long; the Watchdog bounds silence),
+        # while probes and blocker watches keep it.
+        seconds = max(1, round(getattr(target.database, "connect_timeout", 10.0)))
+        if parse_url(target.url).get_driver_name() != "pymysql":
+            return {"connect_timeout": seconds}
+        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+
+    def connected(self, raw: Any) -> None:
+        driver = getattr(raw, "driver_connection", raw)
+        if hasattr(driver, "_read_timeout") and hasattr(driver, "_write_timeout"):  # PyMySQL
+            driver._read_timeout = driver._write_timeout = None  # applied at its next read / write
 
     _FINGERPRINT = text(
         "SELECT 'c', table_name, column_name, column_type, is_nullable, column_default, extra "
