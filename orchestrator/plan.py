@@ -19,7 +19,14 @@ from typing import Any
 from orchestrator.config import DatabaseConfig, Project
 from orchestrator.errors import SelectionError
 from orchestrator.inputs import read_tenant_lines
-from orchestrator.targets import Target, make_target, targets_of, tenant_names, tenant_problems
+from orchestrator.targets import (
+    Target,
+    invalid_tenant_names,
+    make_target,
+    targets_of,
+    tenant_names,
+    tenant_problems,
+)
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,8 @@ def select(
     else:
         for db in databases:
             if only is not None:
-                targets.extend(make_target(db, t) for d, t in sorted(only, key=_key) if d == db.name)  # checked
+                # report.failed_targets let through only tenants the config declares (checked names)
+                targets.extend(make_target(db, t, checked=True) for d, t in sorted(only, key=_key) if d == db.name)
             else:
                 targets.extend(targets_of(db))
     if shard is not None:
@@ -185,26 +193,25 @@ def read_tenants_file(path: Path) -> list[str]:
 def _check_tenant_names(multi: list[DatabaseConfig], names: list[str], origins: Mapping[str, str]) -> None:
     """Refuse a tenant name that no selected multi-tenant database could have, with the
     reason (the first database's), naming where the name came from."""
-    remaining = names
-    first: dict[str, str] = {}
-    for db in multi:
-        bad: list[str] = []
-        rest = remaining
-        while rest:
-            found = tenant_problems(db, rest)
-            if found is None:
-                break
-            index, problem = found
-            first.setdefault(rest[index], problem)
-            bad.append(rest[index])
-            rest = rest[index + 1:]
-        remaining = bad
-        if not remaining:
+    invalid: dict[int, str] | None = None
+    if len(multi) == 1:  # the usual case: the first bad name is enough
+        first = tenant_problems(multi[0], names)
+        invalid = {} if first is None else {first[0]: first[1]}
+        multi_left: list[DatabaseConfig] = []
+    else:
+        multi_left = multi
+    for db in multi_left:
+        found = invalid_tenant_names(db, names)
+        invalid = found if invalid is None else {i: why for i, why in invalid.items() if i in found}
+        if not invalid:
             return
-    name = remaining[0]
+    if not invalid:
+        return
+    index = min(invalid)
+    name = names[index]
     where = origins.get(name) or f"--tenant {_short(name)}"
     raise SelectionError(
-        f"{where}: {first[name]}",
+        f"{where}: {invalid[index]}",
         hint="tenant names become schema, database or file names on the server; they must match "
         f"`pattern:` under `tenants:` of {', '.join(f'`{db.name}`' for db in multi)} and the server's naming rules",
     )

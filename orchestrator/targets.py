@@ -89,9 +89,9 @@ def make_target(database: DatabaseConfig, tenant: str | None = None, *, checked:
     )
 
 
-def tenant_problems(database: DatabaseConfig, names: Sequence[str]) -> tuple[int, str] | None:
+def tenant_problems(database: DatabaseConfig, names: Sequence[str], pattern: bool = True) -> tuple[int, str] | None:
     """The first of ``names`` that cannot be a tenant of ``database``, as (index, reason);
-    None when all can. Dialect rules first, then the pattern, bounded in time."""
+    None when all can. Dialect rules first, then (with ``pattern``) the pattern, bounded in time."""
     tenants = database.tenants
     if tenants is None:
         return (0, f"`{database.name}` has no tenants") if names else None
@@ -107,6 +107,8 @@ def tenant_problems(database: DatabaseConfig, names: Sequence[str]) -> tuple[int
         problem = tenant_name_problem_text(backend, name)
         if problem:
             return index, problem
+    if not pattern:
+        return None
     try:
         index = first_mismatch(tenants.pattern, names)
     except Exception:  # noqa: BLE001 - config's _PatternTimeout: the pattern ran past its time bound
@@ -114,6 +116,56 @@ def tenant_problems(database: DatabaseConfig, names: Sequence[str]) -> tuple[int
     if index >= 0:
         return index, f"tenant name {_short(names[index])} does not match the tenant pattern {_short(tenants.pattern)}"
     return None
+
+
+def invalid_tenant_names(database: DatabaseConfig, names: Sequence[str]) -> dict[int, str]:
+    """Every one of ``names`` that cannot be a tenant of ``database``: {index: reason}.
+    One pass over the names (the pattern runs on what is left after each mismatch)."""
+    found: dict[int, str] = {}
+    rest: list[int] = []
+    for index, name in enumerate(names):
+        problem = tenant_problems(database, [name], pattern=False)
+        if problem is not None:
+            found[index] = problem[1]
+        else:
+            rest.append(index)
+    tenants = database.tenants
+    if tenants is None or not rest:
+        return found
+    start = 0
+    candidates = [names[i] for i in rest]
+    while start < len(candidates):
+        try:
+            at = first_mismatch(tenants.pattern, _Tail(candidates, start))
+        except Exception:  # noqa: BLE001 - config's _PatternTimeout: the pattern ran past its time bound
+            found[rest[start]] = f"the tenant pattern {_short(tenants.pattern)} took too long on these tenant names"
+            break
+        if at < 0:
+            break
+        index = rest[start + at]
+        found[index] = (f"tenant name {_short(names[index])} does not match the tenant pattern "
+                        f"{_short(tenants.pattern)}")
+        start += at + 1
+    return found
+
+
+class _Tail(Sequence[str]):
+    """``items[start:]`` without a copy."""
+
+    def __init__(self, items: list[str], start: int) -> None:
+        self.items, self.start = items, start
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self.items[self.start:][index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.items[self.start + index]
 
 
 def check_tenant_names(database: DatabaseConfig, names: Sequence[str],

@@ -388,8 +388,7 @@ def test_exit_codes_are_only_0_1_2_130(make_project, tmp_path: Path) -> None:
     config["sys_path"].append(str(tmp_path))
     config["databases"]["users"]["metadata"] = "exiting_models:metadata"
     project = make_project(config)
-    result = project.cli("upgrade", "-n", "users")
-    assert result.exit_code in (1, 2), result.output
+    clean(project.cli("upgrade", "-n", "users"), 2, "SystemExit")  # a models module exiting is a config error
     for args in (["--nope"], ["nosuchcommand"], ["upgrade", "--parallel", "0"], ["upgrade", "--parallel", "x"],
                  ["--version"], ["--help"], ["revision"]):
         result = project.cli(*args)
