@@ -393,3 +393,14 @@ def test_exit_codes_are_only_0_1_2_130(make_project, tmp_path: Path) -> None:
                  ["--version"], ["--help"], ["revision"]):
         result = project.cli(*args)
         assert result.exit_code in (0, 2), (args, result.output)
+
+
+def test_a_tenant_name_is_refused_only_when_no_selected_database_could_have_it(make_project) -> None:
+    config = fleet_config(Path(), ["acme", "globex"])
+    config["databases"]["users"]["url"] = "sqlite:///var/users/{tenant}.db"
+    config["databases"]["users"]["tenants"] = {"mode": "database", "names": ["Acme"], "pattern": "^[A-Za-z]+$"}
+    project = make_project(config)
+    out = clean(project.cli("upgrade", "--all", "--tenant", "Acme"), 0, "users/Acme")
+    assert "orders/" not in out
+    clean(project.cli("upgrade", "--all", "--tenant", "A-b"), 2, "--tenant 'A-b'", "does not match")
+    clean(project.cli("upgrade", "--all", "--tenant", "Nobody"), 2, "unknown tenant: Nobody")
