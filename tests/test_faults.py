@@ -268,22 +268,23 @@ def test_server_silent_mid_statement_fails_within_server_timeout_and_leaves_noth
 ) -> None:
     base = server_url(request, dialect)
     proxy = proxies(base)
-    project = app_project(make_project, proxy.url(base), connect_timeout="2s", server_timeout="4s")
+    project = app_project(make_project, proxy.url(base), connect_timeout="1s", server_timeout="3s")
     marker, report = tmp_path / "marker", tmp_path / "report.json"
     process = spawn(project, "upgrade", "--report", str(report),
                     env={"ORCH_TEST_SLEEP": "30", "ORCH_TEST_MARKER": str(marker)})
     wait_for(marker, process)
-    time.sleep(1.0)  # the statement has reached the server
+    time.sleep(0.5)  # the statement has reached the server
     proxy.pause()
     paused = time.monotonic()
     code, out, err = finish(process, timeout=90)
     elapsed = time.monotonic() - paused
-    note(f"silent mid-statement, {dialect}, server_timeout 4s", elapsed)
+    note(f"silent mid-statement, {dialect}, server_timeout 3s, connect_timeout 1s", elapsed)
     assert code == 1, (out, err)
-    assert elapsed < 4 + 30
+    assert elapsed < 3 + 30
     app = load(report)["app"]
     assert app["status"] == "failed" and app["failed_revision"] == REV_SLOW, json.dumps(app, indent=1)
     assert "stopped answering" in app["error"], app["error"]
+    print(f"\nREPORT {dialect}: status={app['status']} after={app['after']} failed_revision={app['failed_revision']}")
 
     (proxy.resume if then == "resume" else proxy.kill)()
     released = assert_released(base, project, within=30)
@@ -292,7 +293,7 @@ def test_server_silent_mid_statement_fails_within_server_timeout_and_leaves_noth
     assert versions(base) == [REV_TABLE]
 
     fresh = proxies(base)
-    project.write_config(app_config(fresh.url(base), connect_timeout="2s", server_timeout="4s"))
+    project.write_config(app_config(fresh.url(base), connect_timeout="1s", server_timeout="3s"))
     code, out, err, _ = run_cli(project, "upgrade")
     assert code == 0, (out, err)
     assert versions(base) == [REV_SLOW]
@@ -303,8 +304,8 @@ def test_healthy_statement_longer_than_server_timeout_is_not_cut(make_project, r
     base = server_url(request, dialect)
     proxy = proxies(base)
     project = app_project(make_project, proxy.url(base), connect_timeout="2s", server_timeout="2s")
-    code, out, err, elapsed = run_cli(project, "upgrade", env={"ORCH_TEST_SLEEP": "5"})
-    note(f"healthy 5s statement with server_timeout 2s, {dialect}", elapsed)
+    code, out, err, elapsed = run_cli(project, "upgrade", env={"ORCH_TEST_SLEEP": "3.5"})
+    note(f"healthy 3.5s statement with server_timeout 2s, connect_timeout 2s, {dialect}", elapsed)
     assert code == 0, (out, err)
     assert versions(base) == [REV_SLOW]
 
@@ -328,3 +329,247 @@ def test_server_silent_right_after_connect_ends_bounded(make_project, request, p
     assert app["status"] == "failed" and app["after"] is None, app
     proxy.resume()
     assert_released(base, project, within=15)
+
+
+# ====================================================================== workers of a --parallel run
+
+
+TENANTS = [f"t{i:03d}" for i in range(6)]
+REV_ITEMS, REV_WORK = "f2b000000001", "f2b000000002"
+
+
+def fleet_project(make_project: Any, tenants: list[str] = TENANTS) -> Project:
+    """Database `shops`: a SQLite file per tenant; REV_WORK sleeps ORCH_TEST_SLEEP seconds
+    (ORCH_TEST_SLOW_TENANT: that tenant sleeps ORCH_TEST_SLOW seconds instead), writes
+    ORCH_TEST_MARKERS/<tenant> (its process id) first, and ends its process with os._exit(3)
+    for tenant ORCH_TEST_DIE."""
+    config = {"databases": {"shops": {
+        "url": "sqlite:///tenants/{tenant}.db", "version_table": "alembic_version_shops",
+        "tenants": {"mode": "database", "names": tenants},
+    }}}
+    project = make_project(config, versions=False)
+    (project.root / "tenants").mkdir(exist_ok=True)
+    folder = project.root / "versions" / "shops"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_revision(folder, REV_ITEMS, "None", '''    op.create_table("items", sa.Column("id", sa.Integer(), primary_key=True))''',
+                          message="create items")
+    path.write_text(path.read_text().replace('down_revision = "None"', "down_revision = None"))
+    write_revision(folder, REV_WORK, REV_ITEMS, '''    import os, time
+    from pathlib import Path
+    tenant = Path(op.get_bind().engine.url.database).stem
+    op.execute("INSERT INTO items (id) VALUES (1)")
+    markers = os.environ.get("ORCH_TEST_MARKERS")
+    if markers:
+        (Path(markers) / tenant).write_text(str(os.getpid()))
+    if tenant == os.environ.get("ORCH_TEST_DIE"):
+        os._exit(3)
+    slow = tenant == os.environ.get("ORCH_TEST_SLOW_TENANT")
+    time.sleep(float(os.environ.get("ORCH_TEST_SLOW" if slow else "ORCH_TEST_SLEEP", "0")))''', message="work")
+    return project
+
+
+def tenant_versions(project: Project, tenant: str) -> list[str] | None:
+    """What the tenant's version table holds, read with sqlite3 (None: no table)."""
+    import sqlite3
+
+    path = project.root / "tenants" / f"{tenant}.db"
+    if not path.exists():
+        return None
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT version_num FROM alembic_version_shops").fetchall()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        connection.close()
+    return sorted(r[0] for r in rows)
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes whose environment holds ORCH_FLT_TAG=tag (a run and every process it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"ORCH_FLT_TAG={tag}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc/*/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_gone(tag: str, within: float) -> float:
+    started = time.monotonic()
+    while tagged(tag):
+        assert time.monotonic() - started < within, {p: cmdline(p) for p in tagged(tag)}
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_killing_the_main_process_ends_every_worker(make_project, tmp_path) -> None:
+    project = fleet_project(make_project)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    tag = uuid4_hex()
+    process = spawn(project, "upgrade", "--parallel", "2",
+                    env={"ORCH_TEST_SLEEP": "3", "ORCH_TEST_MARKERS": str(markers), "ORCH_FLT_TAG": tag})
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(markers.iterdir())) < 2:  # both workers are inside a revision
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        workers = [p for p in children(process.pid) if "spawn_main" in cmdline(p)]
+        assert len(workers) == 2, {p: cmdline(p) for p in children(process.pid)}
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        killed = time.monotonic()
+        gone = wait_gone(tag, within=15)
+        note("workers gone after kill -9 of the main process", gone)
+        assert time.monotonic() - killed < 15
+    finally:
+        for pid in tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+        process.communicate()
+
+
+def uuid4_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def test_a_worker_ending_itself_loses_only_its_target(make_project, tmp_path) -> None:
+    project = fleet_project(make_project)
+    report, tag = tmp_path / "report.json", uuid4_hex()
+    code, out, err, elapsed = run_cli(project, "upgrade", "--parallel", "2", "--report", str(report),
+                                      env={"ORCH_TEST_DIE": "t001", "ORCH_TEST_SLEEP": "0.3", "ORCH_FLT_TAG": tag})
+    note("--parallel 2 run with a worker calling os._exit(3)", elapsed)
+    assert code == 1, (out, err)
+    targets = load(report)
+    lost = targets["shops/t001"]
+    assert lost["status"] in ("lost", "failed"), lost
+    assert "exit code 3" in lost["error"], lost["error"]
+    assert lost["after"] is not None and lost["after"] == (tenant_versions(project, "t001") or []), lost
+    assert lost["failed_revision"] == REV_WORK, lost
+    others = {name: t["status"] for name, t in targets.items() if name != "shops/t001"}
+    assert set(others.values()) == {"upgraded"}, others
+    assert all(tenant_versions(project, t) == [REV_WORK] for t in TENANTS if t != "t001")
+    pids = {t["worker"]["pid"] for name, t in targets.items() if name != "shops/t001" and t.get("worker")}
+    assert len(pids) >= 2, pids  # a new worker took the dead one's place
+    assert wait_gone(tag, within=10) < 10
+
+
+def test_a_worker_killed_mid_revision_loses_only_its_target(make_project, tmp_path) -> None:
+    project = fleet_project(make_project)
+    markers, report, tag = tmp_path / "markers", tmp_path / "report.json", uuid4_hex()
+    markers.mkdir()
+    process = spawn(project, "upgrade", "--parallel", "2", "--report", str(report), env={
+        "ORCH_TEST_SLOW_TENANT": "t000", "ORCH_TEST_SLOW": "30", "ORCH_TEST_SLEEP": "0.5",
+        "ORCH_TEST_MARKERS": str(markers), "ORCH_FLT_TAG": tag,
+    })
+    wait_for(markers / "t000", process)
+    victim = int((markers / "t000").read_text())
+    assert victim in children(process.pid) and "spawn_main" in cmdline(victim), cmdline(victim)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(process, timeout=60)
+    assert code == 1, (out, err)
+    targets = load(report)
+    lost = targets["shops/t000"]
+    assert lost["status"] in ("lost", "failed"), lost
+    assert lost["after"] is not None and lost["after"] == (tenant_versions(project, "t000") or []), lost
+    assert tenant_versions(project, "t000") == [REV_ITEMS]
+    others = {name: t["status"] for name, t in targets.items() if name != "shops/t000"}
+    assert set(others.values()) == {"upgraded"}, others
+    pids = {t["worker"]["pid"] for t in targets.values() if t.get("worker")}
+    assert victim not in pids and len(pids) >= 2, pids
+    assert wait_gone(tag, within=10) < 10
+    # the killed worker left its tenant usable: a rerun finishes it
+    code, out, err, _ = run_cli(project, "upgrade", "--parallel", "2")
+    assert code == 0, (out, err)
+    assert tenant_versions(project, "t000") == [REV_WORK]
+
+
+# ====================================================================== sys.exit in a revision; --debug
+
+
+def exit_project(make_project: Any, pg: str, body: str) -> Project:
+    """Database `app` on PostgreSQL (its URL holds a password) whose second revision runs
+    ``body``, and a healthy SQLite database `other`."""
+    project = app_project(make_project, make_url(pg).set(password=SECRET).render_as_string(hide_password=False))
+    config = app_config(make_url(pg).set(password=SECRET).render_as_string(hide_password=False))
+    config["databases"]["other"] = {"url": "sqlite:///var/other.db", "version_table": "alembic_version_other"}
+    project.write_config(config)
+    (project.root / "var").mkdir(exist_ok=True)
+    folder = project.root / "versions" / "other"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_revision(folder, "f3c000000001", "None", '''    op.create_table("o", sa.Column("id", sa.Integer(), primary_key=True))''',
+                          message="create o")
+    path.write_text(path.read_text().replace('down_revision = "None"', "down_revision = None"))
+    slow = next((project.root / "versions" / "app").glob(f"{REV_SLOW}_*.py"))
+    slow.write_text(slow.read_text().split("def upgrade() -> None:")[0] + "def upgrade() -> None:\n" + body
+                    + "\n\n\ndef downgrade() -> None:\n    pass\n")
+    return project
+
+
+@pytest.mark.parametrize("how", ["code", "message"])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_sys_exit_in_a_revision_is_a_failed_target(make_project, pg_url, tmp_path, how, parallel) -> None:
+    body = ('''    import sys
+    sys.exit(4)''' if how == "code" else '''    url = op.get_bind().engine.url.render_as_string(hide_password=False)
+    raise SystemExit(f"giving up on {url}")''')
+    project = exit_project(make_project, pg_url, body)
+    report = tmp_path / "report.json"
+    args = ["upgrade", "--all", "--report", str(report), *(["--parallel", "2"] if parallel else [])]
+    code, out, err, _ = run_cli(project, *args)
+    assert code == 1, (code, out, err)
+    targets = load(report)
+    app, other = targets["app"], targets["other"]
+    assert app["status"] == "failed" and app["failed_revision"] == REV_SLOW, app
+    assert app["after"] == [REV_TABLE], app
+    assert other["status"] == "upgraded", other
+    assert ("sys.exit(4)" if how == "code" else "giving up on") in app["error"], app["error"]
+    assert_masked(out, err, report.read_text())
+    if how == "message":
+        assert make_url(pg_url).set(password=SECRET).render_as_string(hide_password=True) in out + err
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_debug_shows_the_traceback_of_an_unexpected_error_in_a_target(make_project, tmp_path, parallel) -> None:
+    project = fleet_project(make_project, tenants=["t000", "t001"])
+    work = next((project.root / "versions" / "shops").glob(f"{REV_WORK}_*.py"))
+    work.write_text(work.read_text().replace('    op.execute("INSERT INTO items (id) VALUES (1)")',
+                                             '    op.execute("INSERT INTO items (id) VALUES (1)")\n    ratio = 1 / 0'))
+    extra = ["--parallel", "2"] if parallel else []
+    code, out, err, _ = run_cli(project, "--debug", "upgrade", *extra)
+    assert code == 1, (out, err)
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err, (out, err)
+    assert work.name in err and "ratio = 1 / 0" in err, err  # the revision's own line
+    code, out, err, _ = run_cli(project, "upgrade", *extra)
+    assert code == 1, (out, err)
+    assert "ZeroDivisionError" in out + err
+    assert "Traceback" not in out + err
+    assert "unexpected" not in (out + err).lower() and "report it" not in out + err, (out, err)
