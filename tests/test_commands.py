@@ -441,8 +441,8 @@ def test_upgrade_needs_a_selection_and_knows_the_names(stack: Stack) -> None:
     stack.assert_versions({"users": None, "catalog": None, "orders": None})
 
 
-def test_upgrade_to_an_unknown_revision_fails_that_target(stack: Stack) -> None:
-    result = stack.run("upgrade", "abc123def456", "-n", "catalog", code=1)
+def test_upgrade_to_an_unknown_revision_is_refused_before_anything_runs(stack: Stack) -> None:
+    result = stack.run("upgrade", "abc123def456", "-n", "catalog", code=2)
     assert "abc123def456" in result.stdout + result.stderr
     stack.assert_versions({"users": None, "catalog": None, "orders": None})
 

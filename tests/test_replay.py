@@ -47,7 +47,10 @@ def write_lineage(folder: Path) -> None:
     for rev, down, message, body in REVISIONS:
         extra = ""
         if rev == "r5e000000005":
-            extra = "\nimport itertools\n_COUNTER = itertools.count(1)\norchestrate_replay = False\n"
+            # A process-wide counter (revision modules are fresh per target, as in plain Alembic).
+            extra = ("\nimport builtins, itertools\n"
+                     "_COUNTER = builtins.__dict__.setdefault('_orch_test_counter', itertools.count(1))\n"
+                     "orchestrate_replay = False\n")
         (folder / f"{rev}_x.py").write_text(
             f'"""{message}"""\nfrom alembic import op\nimport sqlalchemy as sa\n{extra}\n'
             f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
