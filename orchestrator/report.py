@@ -234,7 +234,16 @@ def failed_targets(path: Path, project: Project) -> set[tuple[str, str | None]]:
                 f"--retry-failed {path}: larger than {limit} bytes",
                 hint="raise the bound with ORCHESTRATE_MAX_REPORT_BYTES if the report is genuine",
             )
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise SelectionError(
+                f"--retry-failed {path}:{line}: not UTF-8 text "
+                f"(byte {exc.start}, 0x{raw[exc.start]:02x}); not an orchestrate report",
+                hint="give the JSON report an earlier run wrote with --report",
+            ) from None
         data = json.loads(text)
         targets = data["targets"]
         if not isinstance(targets, list):

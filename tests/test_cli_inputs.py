@@ -299,6 +299,8 @@ def test_retry_failed_reports_that_are_refused(fleet: Project, tmp_path: Path) -
                         ('{"targets": [{"status": "failed", "database": ["x"]}]}', "does not declare")]:
         report.write_text(bad)
         clean(fleet.cli("upgrade", "--retry-failed", str(report)), 2, needle)
+    report.write_bytes(b'{\n"targets": "\xcb')
+    clean(fleet.cli("upgrade", "--retry-failed", str(report)), 2, f"{report}:2: not UTF-8")
     report.write_text(original)
     clean(fleet.cli("upgrade", "--retry-failed", str(report), env={"ORCHESTRATE_MAX_REPORT_BYTES": "100"}), 2,
           "ORCHESTRATE_MAX_REPORT_BYTES")

@@ -372,9 +372,11 @@ def _allowed(project: Path, path: Path, tenants: set[str]) -> bool:
     if not parts or parts[0] not in ALLOWED_TOP:
         return False
     if parts[0] == "var" and len(parts) >= 2:
-        if parts[1] == "tenants":
-            return len(parts) == 2 or (len(parts) == 3 and parts[2].split(".db")[0] in tenants)
-        return len(parts) == 2 and parts[1].split(".db")[0] in ("users", "catalog")
+        # Where a URL of the config puts a database: a file named after one of the databases or
+        # declared tenants (a mutated URL may move the folder); a tenant name never makes another.
+        if parts[1] == "tenants" and len(parts) == 3:
+            return parts[2].split(".db")[0] in tenants
+        return any(name in "/".join(parts[1:]) for name in (*tenants, "users", "catalog"))
     return True
 
 
