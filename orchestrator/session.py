@@ -7,10 +7,16 @@ A :class:`Session` is the only place that opens a connection to a target. It
   lock, MySQL GET_LOCK; SQLite an flock beside the file), so a lock cannot outlive or be
   lost apart from the migration: if that session dies, the migration dies with it;
 - prepares the connection (timeouts, the tenant's schema) and hands it to ``work``;
-- watches for a silent server: while work runs longer than a few seconds, a
-  :class:`Watchdog` probes the server on connections of its own; when the server has
-  not answered for ``server_timeout`` it shuts the session's sockets down, so the
-  blocked driver call fails instead of waiting forever;
+- watches for a silent server: a :class:`Watchdog` watches the session's driver
+  connection from the moment the driver has connected (before SQLAlchemy's own first
+  queries on it); while work runs longer than a few seconds it probes the server on
+  connections of its own, and when the server has not answered for ``server_timeout``
+  it shuts the session's sockets down, so the blocked driver call fails instead of
+  waiting forever (:class:`ServerSilent`, which the operation completes with the
+  revision that was running);
+- never lets SQLAlchemy open a dead session connection again behind its back: that
+  would be a session without the lock, the timeouts and the tenant's schema
+  (:class:`ConnectionLost`; a read after a failure opens a fresh Session instead);
 - commits or rolls back, releases the lock, closes everything, whatever happened.
 
 Sync and async drivers share ONE code path: for an async URL the same synchronous code
