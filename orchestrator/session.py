@@ -316,7 +316,9 @@ class Watchdog:
         last_answer = time.monotonic()
         interval = max(0.5, min(5.0, self.timeout / 4))
         while not self._stop.is_set():
-            if self._probe(min(interval * 2, self.timeout)):
+            # Neither a probe nor the pause after it runs past the end of the silence window.
+            left = self.timeout - (time.monotonic() - last_answer)
+            if self._probe(max(0.5, min(interval * 2, left))):
                 last_answer = time.monotonic()
             elif time.monotonic() - last_answer >= self.timeout:
                 if self._stop.is_set():
@@ -325,7 +327,8 @@ class Watchdog:
                 for raw in self._watched:
                     self.dialect.cut(raw)
                 return
-            if self._stop.wait(interval):
+            left = self.timeout - (time.monotonic() - last_answer)
+            if self._stop.wait(max(0.0, min(interval, left))):
                 return
 
     def _probe(self, timeout: float) -> bool:
