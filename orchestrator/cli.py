@@ -103,9 +103,10 @@ class OrchestrateGroup(click.Group):
             _quiet_stdout()
             ctx.exit(EXIT_FAILED)
         except click.UsageError as exc:  # click's wording; "unexpected" is kept for orchestrate's own bugs
-            exc.message = exc.message.replace("Got unexpected extra argument", "Got an extra argument").replace(
-                "an extra arguments", "extra arguments")
-            raise
+            if "unexpected extra argument" not in exc.message:
+                raise
+            message = exc.message.replace("Got unexpected extra argument", "Got an extra argument")
+            raise click.UsageError(message.replace("an extra arguments", "extra arguments"), ctx=exc.ctx) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the last resort: say it plainly, traceback with --debug
