@@ -39,7 +39,7 @@ from orchestrator.errors import OrchestrateError, TargetError
 from orchestrator.replay import Replayer
 from orchestrator.results import Status, TargetResult
 from orchestrator.scripts import ScriptCache
-from orchestrator.session import Engines, Session, host_and_pid
+from orchestrator.session import WATCHDOG_KEY, Engines, Session, host_and_pid
 from orchestrator.targets import Target, make_target
 from orchestrator.urls import mask_text
 
@@ -78,6 +78,7 @@ class Tracker:
     after: list[str] | None = None
     planned: list[tuple[str, str]] = field(default_factory=list)  # (revision, message)
     callbacks: int = 0  # revisions Alembic reported as applied (before their COMMIT)
+    after_read: bool = False  # the version table was read again after a failure (maybe to no avail)
     replay: Any = None
     _steps: tuple[tuple[str, ...], list[Any]] | None = None
 
@@ -229,6 +230,9 @@ def read_after(ws: Workspace, target: Target, connection: Connection | None) -> 
     """What the version table holds now: on ``connection`` if it still works, else on a
     fresh one; None when neither can tell."""
     if connection is not None:
+        watchdog = connection.info.get(WATCHDOG_KEY)
+        if watchdog is not None and watchdog.fired:
+            return None  # the server stopped answering: a fresh read would only wait again
         try:
             if connection.in_transaction():
                 connection.rollback()
@@ -317,9 +321,11 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a revision fails this target only
-        if tracker.before is not None and tracker.after is None:
+        if tracker.before is not None and tracker.after is None and not tracker.after_read:
             tracker.after = read_after(ws, target, None)
         result = failure(target, migration_error(ws, target, exc, tracker, upgrading))
+        if result.traceback is None and not isinstance(exc, (*EXPECTED, LockTimeout)):
+            result.traceback = mask_text("".join(traceback.format_exception(exc)))  # for --debug
     else:
         result = TargetResult.for_target(target, Status.NOOP)
     result.before, result.after = tracker.before, tracker.after
@@ -354,6 +360,7 @@ def run_watched(
         if isinstance(exc, KeyboardInterrupt):
             raise
         tracker.after = read_after(ws, target, connection)
+        tracker.after_read = True
         if dialect.is_lock_timeout(exc):
             raise LockTimeout(exc, watch.describe()) from exc
         raise

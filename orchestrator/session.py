@@ -49,6 +49,10 @@ from orchestrator.urls import mask_text
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: Where a session's connection keeps its Watchdog (``connection.info``).
+WATCHDOG_KEY = "orchestrate.watchdog"
+#: Taken from server_timeout for failing the target and closing up (at most a tenth of it).
+CLEANUP_SECONDS = 5.0
 #: A watchdog starts probing once work has run this long (or a quarter of server_timeout).
 PROBE_AFTER_SECONDS = 5.0
 
@@ -275,6 +279,7 @@ class Watchdog:
     def watch(self, connection: Connection) -> None:
         """Watch the session's connection (its driver connection is watched already)."""
         self._session = connection
+        connection.info[WATCHDOG_KEY] = self  # so a read after a failure knows the server went silent
         try:
             self.watch_raw(connection.connection.dbapi_connection)
         except Exception:  # noqa: BLE001 - nothing to watch: the bound is then the driver's
@@ -315,19 +320,22 @@ class Watchdog:
             return
         last_answer = time.monotonic()
         interval = max(0.5, min(5.0, self.timeout / 4))
+        # The cut comes a little before server_timeout, so that the target has failed, its
+        # report been written and its connections closed within server_timeout of silence.
+        window = self.timeout - min(CLEANUP_SECONDS, self.timeout / 10)
         while not self._stop.is_set():
             # Neither a probe nor the pause after it runs past the end of the silence window.
-            left = self.timeout - (time.monotonic() - last_answer)
+            left = window - (time.monotonic() - last_answer)
             if self._probe(max(0.5, min(interval * 2, left))):
                 last_answer = time.monotonic()
-            elif time.monotonic() - last_answer >= self.timeout:
+            elif time.monotonic() - last_answer >= window:
                 if self._stop.is_set():
                     return
                 self.fired = True
                 for raw in self._watched:
                     self.dialect.cut(raw)
                 return
-            left = self.timeout - (time.monotonic() - last_answer)
+            left = window - (time.monotonic() - last_answer)
             if self._stop.wait(max(0.0, min(interval, left))):
                 return
 

@@ -84,7 +84,7 @@ class PollingWatch(BlockerWatch):
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)  # bounded: a watch stuck on a silent server is left behind
+            self._thread.join(timeout=1)  # bounded: a watch stuck on a silent server is left behind
             self._thread = None
 
     def describe(self) -> str | None:
