@@ -24,11 +24,10 @@ from typing import IO, Any
 
 from alembic.script import Script
 
-from orchestrator import inputs, operations, report, rollout
+from orchestrator import inputs, operations, report, rollout, scripts
 from orchestrator import lint as linting
-from orchestrator import preflight as preflighting
 from orchestrator import plan as planning
-from orchestrator import scripts
+from orchestrator import preflight as preflighting
 from orchestrator.backends import Operation, make_backend
 from orchestrator.config import Project, activate
 from orchestrator.dialects import dialect_for
@@ -241,7 +240,7 @@ def sql(project: Project, selection: Selection, revision: str, upgrading: bool, 
             if broken:
                 result = TargetResult.for_target(
                     target, Status.SKIPPED,
-                    error=f"{target.name}: skipped because its dependency {', '.join(broken)} failed",
+                    error=f"{target.name}: {plan.skip_reason(', '.join(f'{d} ({failed[d]})' for d in broken))}",
                 )
             else:
                 output.write(f"-- orchestrate: {target.name} ({target.display_url})\n")

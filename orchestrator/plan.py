@@ -36,10 +36,16 @@ class Plan:
     databases: tuple[DatabaseConfig, ...]
     targets: tuple[Target, ...]
     waits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reverse: bool = False  # downgrading: a database waits for its dependents
 
     def waits_for(self, database: str) -> tuple[str, ...]:
         """The selected databases whose targets must all succeed before ``database`` runs."""
         return self.waits.get(database, ())
+
+    def skip_reason(self, why: str) -> str:
+        """Why a database is skipped: the databases it waits for (``why``) did not succeed."""
+        relation = "its dependent" if self.reverse else "its dependency"
+        return f"skipped because {relation} {why} did not succeed"
 
 
 def dependency_order(project: Project) -> list[str]:
@@ -177,7 +183,7 @@ def select(
         )
         for db in databases
     }
-    return Plan(databases=databases, targets=tuple(targets), waits=waits)
+    return Plan(databases=databases, targets=tuple(targets), waits=waits, reverse=reverse)
 
 
 def _key(pair: tuple[str, str | None]) -> tuple[str, str]:

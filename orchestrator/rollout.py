@@ -213,7 +213,7 @@ def execute(plan: Plan, waves: list[Wave], make_scheduler: MakeScheduler, *, sta
             why = ", ".join(f"{d} ({troubled[d]})" for d in broken)
             for target in wave.targets:
                 record(TargetResult.for_target(
-                    target, Status.SKIPPED, error=f"{target.name}: skipped because its dependency {why} did not succeed"))
+                    target, Status.SKIPPED, error=f"{target.name}: {plan.skip_reason(why)}"))
             wave.status = "skipped"
             troubled.setdefault(wave.database, Status.SKIPPED.value)
             continue

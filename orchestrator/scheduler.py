@@ -115,7 +115,7 @@ class Scheduler:
                 while queue:
                     target = queue.popleft()
                     self.record(TargetResult.for_target(
-                        target, Status.SKIPPED, error=f"{target.name}: skipped because its dependency {why} did not succeed"
+                        target, Status.SKIPPED, error=f"{target.name}: {self.plan.skip_reason(why)}"
                     ))
                 continue
             if any(self.unfinished[d] for d in waits):

@@ -625,7 +625,7 @@ def test_depends_on_holds_offline_in_downgrade_and_in_stamp(tmp_path: Path) -> N
                                     'raise RuntimeError("offline refused")'), encoding="utf-8")
     result = cli(project, "upgrade", "--all", "--sql", code=1)
     assert "CREATE TABLE items" not in result.stdout and "orchestrate: app/" not in result.stdout
-    skipped = [line for line in result.stderr.splitlines() if "skipped because its dependency core failed" in line]
+    skipped = [line for line in result.stderr.splitlines() if "skipped because its dependency core (failed) did not succeed" in line]
     assert len(skipped) == len(names), result.stderr
 
     # downgrade: dependents first; a dependent that fails leaves core alone (skipped, naming app).
