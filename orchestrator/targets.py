@@ -240,7 +240,8 @@ def tenant_names(database: DatabaseConfig) -> list[str]:
     if found is not None:
         index, problem = found
         value = names[index]
-        shown = problem if isinstance(value, str) else f"returned {_short(value)}, which is not a tenant name ({problem})"
+        shown = (f"returned {problem}" if isinstance(value, str)
+                 else f"returned {_short(value)}, which is not a tenant name ({problem})")
         raise ConfigError(
             f"{where}: the tenants query {shown}",
             hint="tenant names reach SQL as identifiers; fix the data, the query or `pattern:`",

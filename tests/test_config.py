@@ -466,7 +466,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_ones(tmp_path: Path
         databases:
           users:
             url: sqlite:///users.db
-            colour: blue
+            zzyzx: blue
     """)
     err = error_of(path)
     assert_at(err, path, 4)

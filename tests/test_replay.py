@@ -143,7 +143,7 @@ def test_opted_out_revision_runs_live_on_every_tenant(tmp_path: Path) -> None:
     # A counter in the revision module: live runs give 1, 2, 3; a replay would repeat 1.
     tokens = sorted(sqlite3.connect(folder / f"{t}.db").execute("SELECT pid FROM tokens").fetchone()[0]
                     for t in tenants)
-    assert tokens == [1, 2, 3]
+    assert tokens == list(range(tokens[0], tokens[0] + 3))  # a process-wide counter: each tenant ran live
 
 
 def test_a_drifted_tenant_is_not_replayed_onto(tmp_path: Path) -> None:

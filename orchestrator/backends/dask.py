@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.base import Finished, Job, Operation
 from orchestrator.config import Project
+from orchestrator.dialects import dialect_for
 from orchestrator.errors import OrchestrateError
 from orchestrator.results import Status, TargetResult
 from orchestrator.targets import Target
@@ -267,10 +268,8 @@ def run_job(plugin: str, marker: str, target: Target, operation: Operation) -> T
 def server_of(target: Target) -> str:
     """The database server a target lives on, for ``max_per_server``: ``backend://host:port``."""
     url = parse_url(target.url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return "sqlite://"
-    return f"{backend}://{url.host or 'localhost'}:{url.port or ''}"
+    family, *place = dialect_for(target).server_key(url)  # mariadb:// and mysql:// are one server
+    return f"{family}://" + ":".join(str(p) for p in place if p is not None)
 
 
 class DaskBackend:
