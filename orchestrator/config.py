@@ -1540,7 +1540,7 @@ def _resolve_url(loader: _Loader, path: Path_, url: str, root: Path) -> str:
             f"unknown database dialect or driver `{_short(parsed.drivername)[1:-1]}`",
             hint="write it as dialect+driver://..., e.g. postgresql+psycopg://, mysql+pymysql://, sqlite:///",
         ) from None
-    if parsed.get_backend_name() == "sqlite":
+    if _dialect(parsed).file_based:
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:") and not os.path.isabs(database):
             parsed = parsed.set(database=str(root / database))
@@ -1562,7 +1562,7 @@ def _check_migrated_url(loader: _Loader, here: Path_, url: str, tenants: bool) -
             hint="add `tenants:` (mode: database, and names:, file: or query:) or remove {tenant} from the URL",
         )
     parsed = parse_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    if not _dialect(parsed).file_based:
         return
     database = parsed.database or ""
     memory = parsed.query.get("mode") == "memory"
@@ -1623,7 +1623,7 @@ def _resolve_tenants(loader: _Loader, path: Path_, raw: RawTenants, url: str, ro
                 "`mode: schema` takes a plain url; {tenant} belongs to `mode: database`",
                 hint="remove {tenant} from the url, or use `mode: database`",
             )
-        if backend not in ("postgresql", "mysql", "mariadb"):
+        if not _dialect(parsed).schema_tenants:
             raise loader.error(
                 path + ("mode",),
                 f"`mode: schema` needs PostgreSQL or MySQL/MariaDB, not {backend}",

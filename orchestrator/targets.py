@@ -30,6 +30,7 @@ from orchestrator.config import (
     first_mismatch,
     tenant_name_problem_text,
 )
+from orchestrator.dialects import for_backend
 from orchestrator.errors import ConfigError, OrchestrateError, SelectionError
 from orchestrator.urls import mask_text, mask_url, parse_url
 
@@ -81,12 +82,10 @@ def make_target(database: DatabaseConfig, tenant: str | None = None, *, checked:
                 hide_password=False
             ),
         )
-    if url.get_backend_name() == "postgresql":
-        return Target(database=database, tenant=tenant, url=database.url, schema=tenant)
-    # MySQL/MariaDB: a schema is a database; one per tenant on the same server.
-    return Target(
-        database=database, tenant=tenant, url=url.set(database=tenant).render_as_string(hide_password=False)
-    )
+    # PostgreSQL: a schema in the one database; MySQL/MariaDB: a database per tenant.
+    tenant_url, schema = for_backend(url.get_backend_name()).schema_tenant(url, tenant)
+    shown = database.url if tenant_url is url else tenant_url.render_as_string(hide_password=False)
+    return Target(database=database, tenant=tenant, url=shown, schema=schema)
 
 
 def tenant_problems(database: DatabaseConfig, names: Sequence[str], pattern: bool = True) -> tuple[int, str] | None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO, Project, shop_config
 
 PACKAGE = REPO / "orchestrator"
@@ -111,9 +110,10 @@ def test_no_dialect_checks_outside_the_dialects_package() -> None:
         if name.startswith("orchestrator.dialects"):
             continue
         text = path.read_text(encoding="utf-8")
-        for needle in ('dialect == "', "dialect == '", 'backend == "', '.dialect in ("'):
-            if needle in text:
-                offenders.append(f"{name}: {needle}")
+        for server in ("postgresql", "mysql", "mariadb", "sqlite"):
+            for needle in (f'== "{server}"', f"== '{server}'", f'!= "{server}"', f'("{server}",'):
+                if needle in text:
+                    offenders.append(f"{name}: {needle}")
     assert not offenders, offenders
 
 

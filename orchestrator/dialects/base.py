@@ -109,6 +109,15 @@ class Dialect:
     identifier_limit: ClassVar[int | None] = None
     #: The port a URL may leave out (host/db and host:PORT/db are the same place).
     default_port: ClassVar[int | None] = None
+    #: Is a database a file on this machine (relative paths, in-memory URLs, file checks)?
+    file_based: ClassVar[bool] = False
+    #: Can tenants live in schemas of one URL (``tenants: {mode: schema}``)?
+    schema_tenants: ClassVar[bool] = False
+
+    def schema_tenant(self, url: URL, tenant: str) -> tuple[URL, str | None]:
+        """The URL and schema of a tenant in schema mode: here, a database per tenant
+        (MySQL's schemas are databases); PostgreSQL keeps the URL and sets the schema."""
+        return url.set(database=tenant), None
 
     # -- where things live (same tuple = the same place) --------------------------------
 

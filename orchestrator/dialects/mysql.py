@@ -33,6 +33,7 @@ class MySQL(Dialect):
     engine_serves_many_databases = False
     identifier_limit = 64
     default_port = 3306
+    schema_tenants = True  # a database per tenant on one server
 
     def own_name(self, target: Target) -> str | None:
         return parse_url(target.url).database if target.tenant is not None else None

@@ -42,6 +42,10 @@ class PostgreSQL(Dialect):
     lock_needs_connection = True
     identifier_limit = 63
     default_port = 5432
+    schema_tenants = True
+
+    def schema_tenant(self, url: URL, tenant: str) -> tuple[URL, str | None]:
+        return url, tenant  # one database, a schema per tenant (search_path)
 
     def tenant_place(self, url: URL, mode: str, table: str) -> Callable[[str], tuple[Any, ...]] | None:
         if mode == "database":

@@ -40,6 +40,7 @@ class SQLite(Dialect):
     """pysqlite and aiosqlite, with the documented BEGIN recipe so DDL is transactional."""
 
     name = "sqlite"
+    file_based = True
 
     def server_key(self, url: URL) -> tuple[Any, ...]:
         return ("sqlite",)  # files on this machine
