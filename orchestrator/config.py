@@ -1839,6 +1839,24 @@ def _first_mismatch_in_child(pattern: str, names: Sequence[str], budget: float) 
     return _first_mismatch(re.compile(pattern), names)
 
 
+def tenant_lines(data: bytes, shown: str, limit: int, too_many: Callable[[], Exception]) -> list[tuple[int, str]]:
+    """(line number, name) of a tenants list: one name a line, ``#`` comments and blank lines
+    skipped; UTF-8 (an error names the line and the byte), at most ``limit`` lines."""
+    text = decode_utf8(
+        data,
+        lambda line, offset: ConfigError(
+            f"{shown}:{line}: not UTF-8 text (byte {offset}, 0x{data[offset]:02x})",
+            hint="save the tenants file as UTF-8",
+        ),
+    )
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > limit:
+        raise too_many()
+    return [(number, name) for number, line in enumerate(lines, start=1) if (name := line.split("#", 1)[0].strip(" \t\r"))]
+
+
 def _read_tenant_file(loader: _Loader, path: Path_, file: Path, backend: str, pattern: str) -> list[str]:
     """The names of a tenants file: one a line, ``#`` comments and blank lines skipped;
     bounded in lines and bytes, UTF-8, each name checked (errors name the file's line)."""
@@ -1858,27 +1876,16 @@ def _read_tenant_file(loader: _Loader, path: Path_, file: Path, backend: str, pa
         )
     except OSError as exc:
         raise loader.error(path, f"cannot read the tenants file {file}: {exc.strerror or exc}") from None
-    text = decode_utf8(
-        data,
-        lambda line, offset: loader.plain_error(
-            f"{file}:{line}: not UTF-8 text (byte {offset}, 0x{data[offset]:02x})",
-            hint="save the tenants file as UTF-8",
+    listed = tenant_lines(
+        data, str(file), bounds.tenants,
+        lambda: loader.bound_error(
+            f"{file}:{bounds.tenants + 1}", f"the tenants file has more than {bounds.tenants} lines", "tenants"
         ),
     )
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) > bounds.tenants:
-        raise loader.bound_error(
-            f"{file}:{bounds.tenants + 1}", f"the tenants file has more than {bounds.tenants} lines", "tenants"
-        )
     checker = _TenantChecker(loader, backend, pattern)
     names: list[str] = []
     first: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        name = line.split("#", 1)[0].strip(" \t\r")
-        if not name:
-            continue
+    for number, name in listed:
 
         def fail(message: str, hint: str | None, number: int = number) -> ConfigError:
             return loader.plain_error(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestrator.config import Bounds, decode_utf8, read_regular_file
+from orchestrator.config import Bounds, read_regular_file, tenant_lines
 from orchestrator.errors import ConfigError, SelectionError
 
 #: A tenants file may hold ORCHESTRATE_MAX_TENANTS lines of this many bytes on average.
@@ -65,27 +65,13 @@ def read_tenant_lines(path: Path | str, option: str = "--tenants-from",
             raise SelectionError(f"{option} {shown}: no such file") from None
         except OSError as exc:
             raise SelectionError(f"{option} {shown}: cannot read it: {exc.strerror or exc}") from None
-    text = decode_utf8(
-        data,
-        lambda line, offset: ConfigError(
-            f"{option} {shown}:{line}: not UTF-8 text (byte {offset}, 0x{data[offset]:02x})",
-            hint="save the tenants file as UTF-8",
-        ),
-    )
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) > bounds.tenants:
-        raise ConfigError(
+    return tenant_lines(
+        data, f"{option} {shown}", bounds.tenants,
+        lambda: ConfigError(
             f"{option} {shown}:{bounds.tenants + 1}: more than {bounds.tenants} lines",
             hint=f"if this is intended, raise the bound with {bounds.setting('tenants')}",
-        )
-    names: list[tuple[int, str]] = []
-    for number, line in enumerate(lines, start=1):
-        name = line.split("#", 1)[0].strip(" \t\r")
-        if name:
-            names.append((number, name))
-    return names
+        ),
+    )
 
 
 def check_rev_id(rev_id: str, database: str, known: Iterable[str] | None) -> None:

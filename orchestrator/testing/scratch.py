@@ -58,6 +58,8 @@ class _Server:
     """How to make and drop throwaway databases on one kind of server."""
 
     per_tenant_database: ClassVar[bool] = False  # tenants in schema mode: a database each?
+    create_sql: ClassVar[str] = ""  # {name}: a generated name (orch_kit_<hex>), never user text
+    drop_sql: ClassVar[str] = ""
 
     def __init__(self, admin_url: str) -> None:
         self.admin = parse_url(admin_url)
@@ -74,52 +76,33 @@ class _Server:
     def engine(self) -> Engine:
         return create_engine(self.sync(self.admin), poolclass=NullPool, isolation_level="AUTOCOMMIT")
 
+    def _execute(self, sql: str) -> None:
+        engine = self.engine()
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(sql))
+        finally:
+            engine.dispose()
+
     def create(self, name: str) -> None:
-        raise NotImplementedError
+        self._execute(self.create_sql.format(name=name))
 
     def drop(self, name: str) -> None:
-        raise NotImplementedError
+        self._execute(self.drop_sql.format(name=name))
 
     def url_for(self, name: str) -> str:
         return self.admin.set(database=name).render_as_string(hide_password=False)
 
 
 class _Postgres(_Server):
-    def create(self, name: str) -> None:
-        engine = self.engine()
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            engine.dispose()
-
-    def drop(self, name: str) -> None:
-        engine = self.engine()
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        finally:
-            engine.dispose()
+    create_sql = 'CREATE DATABASE "{name}"'
+    drop_sql = 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
 class _MySQL(_Server):
     per_tenant_database = True
-
-    def create(self, name: str) -> None:
-        engine = self.engine()
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f"CREATE DATABASE `{name}`"))
-        finally:
-            engine.dispose()
-
-    def drop(self, name: str) -> None:
-        engine = self.engine()
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        finally:
-            engine.dispose()
+    create_sql = "CREATE DATABASE `{name}`"
+    drop_sql = "DROP DATABASE IF EXISTS `{name}`"
 
 
 _SERVERS: dict[str, type[_Server]] = {"postgresql": _Postgres, "mysql": _MySQL, "mariadb": _MySQL}
