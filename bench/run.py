@@ -476,8 +476,8 @@ class Bench:
         if valid:
             import json
 
-            listed = json.loads(done.stdout)
-            bad = [r for r in listed if r.get("current") != [HEAD] or r.get("pending") != 0]
+            listed = json.loads(done.stdout)["targets"]  # the report document (version 2)
+            bad = [r for r in listed if r.get("after") != [HEAD] or r.get("pending") != 0]
             if bad or len(listed) != n:
                 valid = False
                 self.report.problems.append(

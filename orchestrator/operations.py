@@ -39,7 +39,7 @@ from orchestrator.errors import OrchestrateError, TargetError
 from orchestrator.replay import Replayer
 from orchestrator.results import Status, TargetResult
 from orchestrator.scripts import ScriptCache
-from orchestrator.session import WATCHDOG_KEY, Engines, Session, host_and_pid
+from orchestrator.session import Engines, Session, host_and_pid
 from orchestrator.targets import Target, make_target
 from orchestrator.urls import mask_text
 
@@ -229,10 +229,9 @@ def version_table_exists(connection: Connection, target: Target) -> bool:
 def read_after(ws: Workspace, target: Target, connection: Connection | None) -> list[str] | None:
     """What the version table holds now: on ``connection`` if it still works, else on a
     fresh one; None when neither can tell."""
+    if target.name in ws.engines.silent:
+        return None  # the server stopped answering: any read would only wait on it again
     if connection is not None:
-        watchdog = connection.info.get(WATCHDOG_KEY)
-        if watchdog is not None and watchdog.fired:
-            return None  # the server stopped answering: a fresh read would only wait again
         try:
             if connection.in_transaction():
                 connection.rollback()
@@ -406,7 +405,8 @@ def migration_error(
         hint: str | None = "end or commit the blocking session, or raise `lock_timeout` / `lock_retries`, then rerun"
     elif what:
         message = f"{target.name}: {what} failed: {detail}"
-        hint = "fix the revision or the data, then rerun"
+        # The server or the network (a cut session, a silent server) has its own advice.
+        hint = exc.hint if isinstance(exc, OrchestrateError) and exc.hint else "fix the revision or the data, then rerun"
     else:
         if not isinstance(exc, (OrchestrateError, SQLAlchemyError, CommandError)):
             return exc  # unexpected: keep it (and its traceback)

@@ -49,8 +49,6 @@ from orchestrator.urls import mask_text
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Where a session's connection keeps its Watchdog (``connection.info``).
-WATCHDOG_KEY = "orchestrate.watchdog"
 #: Taken from server_timeout for failing the target and closing up (at most a tenth of it).
 CLEANUP_SECONDS = 5.0
 #: A watchdog starts probing once work has run this long (or a quarter of server_timeout).
@@ -69,6 +67,9 @@ class Engines:
 
     def __init__(self) -> None:
         self._engines: dict[str, Engine] = {}
+        #: Targets whose last session the Watchdog cut: their server stopped answering, so
+        #: reading their version table again would only wait on it (operations ask this).
+        self.silent: set[str] = set()
         self._route = threading.local()  # the target the engine's next connection goes to
         self._watching = threading.local()  # the Watchdog of the session connecting now
 
@@ -202,6 +203,8 @@ class Session:
         target, dialect = self.target, self.dialect
         dialect.before_connect(target)
         watchdog = Watchdog(target, dialect)
+        self.engines.silent.discard(target.name)
+        watchdog.on_fire = lambda: self.engines.silent.add(target.name)
         with watchdog, self.engines.watching(watchdog):
             try:
                 connection = engine.connect()
@@ -259,6 +262,7 @@ class Watchdog:
         self.dialect = dialect
         self.timeout = float(getattr(target.database, "server_timeout", 120.0) or 0)
         self.fired = False
+        self.on_fire: Callable[[], None] | None = None  # told, in the watchdog's thread, before the cut
         self._session: Connection | None = None
         self._watched: list[Any] = []
         self._stop = threading.Event()
@@ -279,7 +283,6 @@ class Watchdog:
     def watch(self, connection: Connection) -> None:
         """Watch the session's connection (its driver connection is watched already)."""
         self._session = connection
-        connection.info[WATCHDOG_KEY] = self  # so a read after a failure knows the server went silent
         try:
             self.watch_raw(connection.connection.dbapi_connection)
         except Exception:  # noqa: BLE001 - nothing to watch: the bound is then the driver's
@@ -316,9 +319,9 @@ class Watchdog:
 
     def _run(self) -> None:
         first = min(PROBE_AFTER_SECONDS, self.timeout / 4)
+        last_answer = time.monotonic()  # the session began: the server answered its connect
         if self._stop.wait(first):
             return
-        last_answer = time.monotonic()
         interval = max(0.5, min(5.0, self.timeout / 4))
         # The cut comes a little before server_timeout, so that the target has failed, its
         # report been written and its connections closed within server_timeout of silence.
@@ -332,6 +335,8 @@ class Watchdog:
                 if self._stop.is_set():
                     return
                 self.fired = True
+                if self.on_fire is not None:
+                    self.on_fire()
                 for raw in self._watched:
                     self.dialect.cut(raw)
                 return
@@ -373,6 +378,10 @@ class Watchdog:
 
 class ConnectionLost(OrchestrateError):
     """A session's connection died and is not opened again (see :meth:`Watchdog.refuse_reconnect`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="the server or the network dropped the session; check them, "
+                         "then rerun (a rolled-back revision runs again; on MySQL/MariaDB check for partial DDL)")
 
 
 class ServerSilent(OrchestrateError):
