@@ -308,32 +308,40 @@ _SQLITE_WRITE_BYTES = range(0x40000000, 0x40000002)  # PENDING, RESERVED
 _SQLITE_WAL_WRITE_BYTE = 120
 
 
-def sqlite_write_lock_holders(database: str) -> list[str]:
-    """Processes that hold SQLite's write lock on ``database``, from /proc/locks (Linux).
+# A reader holds a READ lock on the SHARED range while its read transaction is open.
+_SQLITE_SHARED_BYTES = range(0x40000002, 0x40000002 + 510)
 
-    Only POSIX locks are visible there; the process is named by pid and command name
-    (never its command line, which may hold secrets). Empty when nothing can be told.
-    """
-    locks = Path("/proc/locks")
+
+def sqlite_write_lock_holders(database: str) -> list[str]:
+    """Processes that hold SQLite's write lock on ``database`` (its database file, or the
+    WAL writer's byte in ``-shm``), from /proc/locks (Linux)."""
+    return _lock_holders({database: _SQLITE_WRITE_BYTES, database + "-shm": (_SQLITE_WAL_WRITE_BYTE,)}, "WRITE")
+
+
+def sqlite_readers(database: str) -> list[str]:
+    """Processes with a read transaction open on ``database`` (a READ lock on its SHARED bytes)."""
+    return _lock_holders({database: _SQLITE_SHARED_BYTES}, "READ")
+
+
+def _lock_holders(files: dict[str, range | tuple[int, ...]], kind: str) -> list[str]:
+    """Processes holding a POSIX/OFD ``kind`` lock on any of the given bytes of ``files``,
+    from /proc/locks. Named by pid and command name only (never a command line, which may
+    hold secrets); empty when nothing can be told."""
     wanted: dict[tuple[int, int, int], range | tuple[int, ...]] = {}
-    sources: tuple[tuple[str, range | tuple[int, ...]], ...] = (
-        (database, _SQLITE_WRITE_BYTES), (database + "-shm", (_SQLITE_WAL_WRITE_BYTE,)))
-    for path, places in sources:
+    for path, places in files.items():
         try:
             st = os.stat(path)
         except OSError:
             continue
         wanted[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = places
-    if not wanted or not locks.exists():
-        return []
-    pids: list[int] = []
     try:
-        lines = locks.read_text().splitlines()
+        lines = Path("/proc/locks").read_text().splitlines() if wanted else []
     except OSError:
         return []
+    pids: list[int] = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 8 or fields[1] == "->" or fields[1] not in ("POSIX", "OFDLCK") or fields[3] != "WRITE":
+        if len(fields) < 8 or fields[1] == "->" or fields[1] not in ("POSIX", "OFDLCK") or fields[3] != kind:
             continue
         try:
             pid = int(fields[4])

@@ -25,7 +25,7 @@ from orchestrator.dialects.base import (
     causes,
     digest,
 )
-from orchestrator.dialects.blockers import sqlite_write_lock_holders
+from orchestrator.dialects.blockers import sqlite_readers, sqlite_write_lock_holders
 from orchestrator.urls import parse_url
 
 if TYPE_CHECKING:
@@ -201,46 +201,6 @@ def rollback_open_transaction(connection: Connection) -> None:
             raw.rollback()
     except Exception:  # noqa: BLE001 - the first error is the one to report
         pass
-
-
-# SQLite's lock bytes in the database file (rollback journal): a reader holds a READ lock
-# on the SHARED range while its read transaction is open.
-_SHARED_FIRST, _SHARED_SIZE = 0x40000002, 510
-
-
-def sqlite_readers(database: str) -> list[str]:
-    """Processes with a read transaction open on ``database`` (a READ lock on SQLite's
-    SHARED bytes, from /proc/locks on Linux), named by pid and command name only."""
-    try:
-        st = os.stat(database)
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return []
-    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    pids: list[int] = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 8 or fields[1] not in ("POSIX", "OFDLCK") or fields[3] != "READ":
-            continue
-        try:
-            pid = int(fields[4])
-            major, minor, inode = fields[5].split(":")
-            start = int(fields[6])
-            end = int(fields[7]) if fields[7] != "EOF" else 1 << 62
-            key = (int(major, 16), int(minor, 16), int(inode))
-        except ValueError:
-            continue
-        if key == wanted and start <= _SHARED_FIRST + _SHARED_SIZE - 1 and end >= _SHARED_FIRST and pid > 0:
-            if pid not in pids:
-                pids.append(pid)
-    named = []
-    for pid in pids:
-        try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            name = "?"
-        named.append(f"pid {pid} ({name}{', this process' if pid == os.getpid() else ''})")
-    return named
 
 
 class _SQLiteWriteWatch(BlockerWatch):
