@@ -351,7 +351,7 @@ def run_watched(
     """Run env.py for a changing operation, watched for sessions that block it; leaves the
     version table's revisions in ``tracker.after`` (read again after a failure)."""
     dialect = dialect_for(target)
-    watch = dialect.watch_blockers(None, connection, target)
+    watch = dialect.watch_blockers(connection, target)
     try:
         with watch:
             run_env(ws, target, fn, connection, options, **environment)

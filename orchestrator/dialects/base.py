@@ -310,17 +310,13 @@ class Dialect:
         """What a person must know when a revision fails halfway on this server."""
         return None
 
-    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
-        """A :class:`BlockerWatch` for ``connection``; ``watcher`` is a spare connection
-        to the same server (the migration lock's) that the watch may use, or None."""
+    def watch_blockers(self, connection: Connection, target: Target) -> BlockerWatch:
+        """A :class:`BlockerWatch` for the migrating ``connection`` (it opens its own, if any)."""
         return BlockerWatch()
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         """Did ``exc`` come from waiting longer than ``lock_timeout`` for a lock?"""
         return False
-
-    #: Does the migration lock live on a server connection of its own?
-    lock_needs_connection: ClassVar[bool] = False
 
     def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
         """Take the target's migration lock, waiting at most ``wait`` seconds.
@@ -330,13 +326,12 @@ class Dialect:
         return MigrationLock()
 
 
-def lender(watcher: Connection | None, target: Target) -> Any:
-    """How a blocker watch gets its connection: ``watcher`` when given (lent, not closed),
-    else a short-lived sync one of its own, bounded like every connection."""
+def lender(target: Target) -> Any:
+    """How a blocker watch gets its connection: a short-lived sync one of its own (the
+    migrating connection is busy), bounded like every connection; opened only when the
+    watch first looks, so quick revisions open none."""
 
     def lend() -> tuple[Connection, Any]:
-        if watcher is not None:
-            return watcher, lambda: None
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 

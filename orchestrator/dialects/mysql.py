@@ -116,7 +116,7 @@ class MySQL(Dialect):
                 return True
         return False
 
-    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+    def watch_blockers(self, connection: Connection, target: Target) -> BlockerWatch:
         me = connection.info.get(BACKEND_ID_KEY)
         if me is None:
             return BlockerWatch()
@@ -128,9 +128,8 @@ class MySQL(Dialect):
                 plugin.append(mysql_has_metadata_lock_info(spare))
             return mysql_blockers(spare, int(me), database, plugin[0])
 
-        return PollingWatch(target.name, lender(watcher, target), poll, target.database.lock_timeout)
+        return PollingWatch(target.name, lender(target), poll, target.database.lock_timeout)
 
-    lock_needs_connection = True
 
     def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
         assert connection is not None

@@ -39,7 +39,6 @@ CLIENT_CHECK_INTERVAL = "1s"
 
 class PostgreSQL(Dialect):
     name = "postgresql"
-    lock_needs_connection = True
     identifier_limit = 63
     default_port = 5432
     schema_tenants = True
@@ -198,13 +197,13 @@ class PostgreSQL(Dialect):
             getattr(e, "sqlstate", None) == "55P03" or getattr(e, "pgcode", None) == "55P03" for e in causes(exc)
         )
 
-    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+    def watch_blockers(self, connection: Connection, target: Target) -> BlockerWatch:
         pid = connection.info.get(BACKEND_ID_KEY)
         if pid is None:
             return BlockerWatch()
         return PollingWatch(
             target.name,
-            lender(watcher, target),
+            lender(target),
             lambda spare: postgresql_blockers(spare, pid),
             target.database.lock_timeout,
         )

@@ -152,7 +152,7 @@ class SQLite(Dialect):
                 return True
         return False
 
-    def watch_blockers(self, watcher: Connection | None, connection: Connection, target: Target) -> BlockerWatch:
+    def watch_blockers(self, connection: Connection, target: Target) -> BlockerWatch:
         return _SQLiteWriteWatch(connection, parse_url(target.url).database)
 
     def migration_lock(self, connection: Connection | None, target: Target, wait: float) -> MigrationLock:
