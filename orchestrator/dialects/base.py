@@ -226,7 +226,7 @@ class Dialect:
         """tenant -> revisions, for schema-per-tenant targets on one server, read in a few
         queries; a tenant whose schema (MySQL: database) is missing is left out, one with
         no version table maps to []. information_schema serves PostgreSQL and MySQL alike."""
-        containers = {self.container(t): t.tenant or "" for t in targets}
+        containers = {self.own_name(t) or "": t.tenant or "" for t in targets}  # its schema or database
         names: Any = bindparam("names", expanding=True)
         existing = set(connection.execute(
             text("SELECT schema_name FROM information_schema.schemata WHERE schema_name IN :names").bindparams(names),
@@ -252,10 +252,6 @@ class Dialect:
                 found[containers[container]].append(version)
         connection.rollback()
         return {tenant: sorted(revs, key=str) for tenant, revs in found.items()}  # a NULL row is checked later
-
-    def container(self, target: Target) -> str:
-        """The schema (PostgreSQL) or database (MySQL) that holds a tenant's tables."""
-        return target.schema or parse_url(target.url).database or ""
 
     def install(self, engine: Engine, target: Target) -> None:
         """Hook into a new (sync) engine before its first connection."""
