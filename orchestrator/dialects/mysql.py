@@ -69,8 +69,17 @@ class MySQL(Dialect):
         "CAST(non_unique AS CHAR), '' FROM information_schema.statistics WHERE table_schema = DATABASE() "
         "UNION ALL SELECT 'k', table_name, constraint_name, constraint_type, '', '', '' "
         "FROM information_schema.table_constraints WHERE table_schema = DATABASE() "
-        "ORDER BY 1, 2, 3, 4"
+        # what a foreign key points at (a table of this database: not named, it is the tenant)
+        "UNION ALL SELECT 'f', table_name, constraint_name, column_name, referenced_table_name, "
+        "referenced_column_name, CASE WHEN referenced_table_schema = DATABASE() THEN '' "
+        "ELSE referenced_table_schema END FROM information_schema.key_column_usage "
+        "WHERE table_schema = DATABASE() AND referenced_table_name IS NOT NULL "
+        "UNION ALL SELECT 'r', table_name, constraint_name, referenced_table_name, update_rule, delete_rule, '' "
+        "FROM information_schema.referential_constraints WHERE constraint_schema = DATABASE() "
+        "ORDER BY 1, 2, 3, 4, 5"
     )
+    # Every read filtered by the current database (information_schema looks a database's
+    # tables up by that filter, it does not scan the server's), and no row names it.
     _CATALOG = re.compile(r"^\s*(SHOW\b|DESCRIBE\b|SELECT\b.*\binformation_schema\.)", re.I | re.S)
 
     def schema_fingerprint(self, connection: Connection) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import socket
@@ -105,11 +106,38 @@ class SQLite(Dialect):
 
     _CATALOG = re.compile(r"^\s*(PRAGMA\b|SELECT\b.*\bsqlite_(?:master|schema|temp_master|temp_schema)\b)", re.I | re.S)
 
+    # What SQLite itself knows of each table (the pragma functions), whatever order or spelling
+    # the CREATE TABLE text has: batch mode (which recreates a table) writes constraints in
+    # the order it reflected them, and quotes and spaces as SQLAlchemy does.
+    _TABLES = (  # the tables of the schema: not SQLite's own (sqlite_sequence, sqlite_stat1)
+        "FROM sqlite_master s {} WHERE s.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+        "AND s.sql NOT LIKE 'CREATE VIRTUAL%'"
+    )
+    _COLUMNS = "SELECT s.name, c.name, c.type, c.\"notnull\", c.dflt_value, c.pk, c.hidden " + _TABLES.format(
+        "JOIN pragma_table_xinfo(s.name) c")
+    _INDEXES = (  # key columns only; an index made by CREATE INDEX is also compared by its text
+        "SELECT s.name, l.name, l.\"unique\", l.origin, l.partial, x.seqno, x.name, x.\"desc\", x.coll "
+        + _TABLES.format("JOIN pragma_index_list(s.name) l JOIN pragma_index_xinfo(l.name) x") + " AND x.key"
+    )
+    _FOREIGN_KEYS = (
+        "SELECT s.name, f.id, f.seq, f.\"table\", f.\"from\", f.\"to\", f.on_update, f.on_delete, f.\"match\" "
+        + _TABLES.format("JOIN pragma_foreign_key_list(s.name) f")
+    )
+    _OBJECTS = "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+
     def schema_fingerprint(self, connection: Connection) -> str | None:
-        rows = connection.exec_driver_sql(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-        ).all()
-        return digest(rows)
+        # The driver's cursor: four reads, no statement events (nor a recorder's attention).
+        cursor = connection.connection.cursor()
+        try:
+            def rows(sql: str) -> list[tuple[Any, ...]]:
+                cursor.execute(sql)
+                return [tuple(row) for row in cursor.fetchall()]
+
+            objects = rows(self._OBJECTS)
+            columns, indexes, keys = rows(self._COLUMNS), rows(self._INDEXES), rows(self._FOREIGN_KEYS)
+        finally:
+            cursor.close()
+        return digest(canonical_schema(objects, columns, indexes, keys))
 
     def is_catalog_query(self, statement: str) -> bool:
         return bool(self._CATALOG.match(statement))
@@ -232,3 +260,128 @@ class _SQLiteWriteWatch(BlockerWatch):
         return f"another connection holds a lock on {database}"
 
 
+# -- a canonical SQLite schema ----------------------------------------------------------
+
+_TOKEN = re.compile(r"""--[^\n]*|/\*.*?(?:\*/|\Z)|'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[\w$]+|\S""", re.S)
+_BARE = re.compile(r"[A-Za-z_][\w$]*\Z")
+
+
+def sql_tokens(sql: str | None) -> list[str]:
+    """The tokens of ``sql``, spelled one way: no comments or spaces, identifiers unquoted
+    where they can be, words in upper case (SQLite's identifiers and keywords ignore case);
+    string literals kept exactly."""
+    tokens: list[str] = []
+    for token in _TOKEN.findall(sql or ""):
+        first = token[0]
+        if token.startswith(("--", "/*")):
+            continue
+        if first in "\"`[":
+            inner = token[1:-1].replace(first * 2, first) if first != "[" else token[1:-1]
+            token = inner.upper() if _BARE.match(inner) else '"' + inner.replace('"', '""') + '"'
+        elif first != "'":
+            token = token.upper()
+        tokens.append(token)
+    return tokens
+
+
+def _group(tokens: list[str], start: int) -> tuple[str, int]:
+    """The parenthesised group opening at ``tokens[start]``, normalized; and the index after it."""
+    depth, at = 0, start
+    while at < len(tokens):
+        depth += {"(": 1, ")": -1}.get(tokens[at], 0)
+        at += 1
+        if depth == 0:
+            break
+    return " ".join(tokens[start:at]), at
+
+
+@functools.lru_cache(maxsize=4096)  # a fleet's tenants share their texts: parsed once
+def _table_text_facts(sql: str | None) -> tuple[tuple[str, ...], ...]:
+    """What only the CREATE TABLE text says (the pragmas cover columns, keys, indexes):
+    CHECK constraints, constraint names, column collations, generated-column expressions,
+    AUTOINCREMENT, DEFERRABLE clauses and table options; sorted, so neither the order of
+    the items nor whether a CHECK was written on its column or at the end matters."""
+    tokens = sql_tokens(sql)
+    if "(" not in tokens:
+        return (("text", " ".join(tokens)),)  # CREATE TABLE ... AS SELECT
+    open_at = tokens.index("(")
+    body, end = _group(tokens, open_at)
+    facts: list[tuple[str, ...]] = [("options", " ".join(tokens[end:]))]  # WITHOUT ROWID, STRICT
+    items: list[list[str]] = [[]]
+    depth = 0
+    for token in tokens[open_at + 1:end - 1]:
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        if token == "," and depth == 0:
+            items.append([])
+        else:
+            items[-1].append(token)
+    for item in items:
+        if not item:
+            continue
+        column = "" if item[0] in ("CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN") else item[0]
+        at, name = 0, ""
+        while at < len(item):
+            token = item[at]
+            following = item[at + 1] if at + 1 < len(item) else ""
+            if token == "CONSTRAINT" and following:
+                name = following
+                facts.append(("named", following, item[at + 2] if at + 2 < len(item) else ""))
+                at += 2
+                continue
+            if token == "CHECK" and following == "(":
+                expression, at = _group(item, at + 1)
+                facts.append(("check", name, expression))
+                name = ""
+                continue
+            if token == "AS" and following == "(" and column:  # a generated column
+                expression, at = _group(item, at + 1)
+                facts.append(("generated", column, expression))
+                continue
+            if token == "COLLATE" and following and column:
+                facts.append(("collate", column, following))
+            elif token in ("AUTOINCREMENT", "DEFERRABLE"):
+                facts.append((token.lower(), column, " ".join(item[at:at + 4])))
+            elif token in ("PRIMARY", "UNIQUE", "NOT", "DEFAULT", "REFERENCES", "FOREIGN"):
+                name = ""  # a CONSTRAINT name belongs to the constraint right after it
+            at += 1
+    return tuple(sorted(facts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(sql: str | None) -> str:
+    return " ".join(sql_tokens(sql)) if sql is not None else ""
+
+
+def canonical_schema(
+    objects: list[tuple[Any, ...]],
+    columns: list[tuple[Any, ...]],
+    indexes: list[tuple[Any, ...]],
+    keys: list[tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """A SQLite schema as sorted facts, from ``sqlite_master`` rows (type, name, tbl_name,
+    sql) and the pragma rows of :class:`SQLite`'s fingerprint queries."""
+    text = _normalized
+    facts: list[tuple[Any, ...]] = []
+    for kind, name, table, sql in objects:
+        if kind == "table" and not str(sql or "").upper().lstrip().startswith("CREATE VIRTUAL"):
+            facts.append(("table", name, _table_text_facts(sql)))
+        elif kind == "index" and sql is None:
+            continue  # a UNIQUE / PRIMARY KEY constraint's index: named by its place in the text
+        else:  # indexes made by CREATE INDEX, views, triggers, virtual tables
+            facts.append((kind, name, table, text(sql)))
+    for table, name, type_, notnull, default, pk, hidden in columns:
+        facts.append(("column", table, name, text(type_), notnull, text(default), pk, hidden))
+    by_index: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for table, name, unique, origin, partial, seqno, column, desc, coll in indexes:
+        by_index.setdefault((table, name, unique, origin, partial), []).append((seqno, column, desc, coll))
+    for (table, name, unique, origin, partial), parts in by_index.items():
+        # sqlite_autoindex_<table>_<n> is numbered by the constraint's place in the text
+        facts.append(("index", table, name if origin == "c" else "", unique, origin, partial, tuple(sorted(parts))))
+    foreign: dict[tuple[Any, Any], list[tuple[Any, ...]]] = {}
+    for table, id_, seq, target, source, dest, on_update, on_delete, match in keys:
+        foreign.setdefault((table, id_), []).append((seq, target, source, dest, on_update, on_delete, match))
+    for (table, _id), parts in foreign.items():
+        parts.sort()
+        facts.append(("foreign key", table, parts[0][1], tuple(p[2] for p in parts), tuple(str(p[3]) for p in parts),
+                      *parts[0][4:]))
+    return sorted(facts, key=repr)
