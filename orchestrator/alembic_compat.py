@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,8 @@ import alembic
 import alembic.util
 from alembic.runtime.migration import RevisionStep
 from alembic.script import Script, ScriptDirectory
+from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+from sqlalchemy.schema import CreateTable
 
 #: Alembic releases this module was written and tested against: [SUPPORTED_FROM, SUPPORTED_BELOW).
 SUPPORTED_FROM = (1, 13)
@@ -127,3 +130,33 @@ def with_module(step: Any, module: ModuleType, wrap: Callable[[Callable[..., Any
     fresh = RevisionStep(step.revision_map, script, step.is_upgrade)  # PRIVATE
     fresh.migration_fn = wrap(fresh.migration_fn)
     return fresh
+
+
+# ---------------------------------------------------------------------- the version table
+
+
+def version_table(name: str) -> Table:
+    """Alembic's version table, as ``MigrationContext`` defines it (one VARCHAR(32) column,
+    the primary key named ``<table>_pkc``; no schema: a tenant's connection is pinned to its
+    own). Mirrored here, for batches that write the version table without Alembic."""
+    return Table(name, MetaData(), Column("version_num", String(32), nullable=False),
+                 PrimaryKeyConstraint("version_num", name=f"{name}_pkc"))
+
+
+@functools.lru_cache(maxsize=8192)
+def version_sql(dialect: Any, table: str, old: str | None, new: str | None) -> str:
+    """The statement that moves ``table`` from ``old`` to ``new`` as Alembic's HeadMaintainer
+    writes it (INSERT from base, UPDATE along a path, DELETE down to base; ``old`` and
+    ``new`` both None: CREATE TABLE), compiled with literal values for ``dialect`` (a
+    SQLAlchemy Dialect) once per process and transition."""
+    t = version_table(table)
+    statement: Any
+    if old is None and new is None:
+        statement = CreateTable(t)
+    elif old is None:
+        statement = t.insert().values(version_num=new)
+    elif new is None:
+        statement = t.delete().where(t.c.version_num == old)
+    else:
+        statement = t.update().values(version_num=new).where(t.c.version_num == old)
+    return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})).strip()

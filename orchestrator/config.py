@@ -58,11 +58,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
@@ -222,6 +224,20 @@ def _whole(value: Any) -> Any:
 
 
 Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def _replay(value: Any) -> Any:
+    """``replay:``: auto, true or false (from a variable, their text), nothing else."""
+    value = _flag(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    raise PydanticCustomError("replay_type", "expected auto, true or false")
+
+
+#: ``replay:``: "auto" (verified replay, the default), true (replay the first recording) or false.
+ReplayMode = Annotated[bool | str, PlainValidator(_replay)]
 Whole = Annotated[int, BeforeValidator(_whole)]
 
 
@@ -311,7 +327,8 @@ class DatabaseSettings(_Strict):
     #: Longest a server may stay silent while a statement runs (default 120s).
     server_timeout: float | None = None
     transaction_per_migration: Flag | None = None
-    replay: Flag | None = None
+    #: Replay SQL recorded on identical tenants: auto (after two tenants ran it live alike), true, false.
+    replay: ReplayMode | None = None
     #: Folders of revision files (relative to orchestrate.yaml), all searched, as Alembic's option.
     version_locations: list[str] | None = None
     #: Read revision files in subfolders of the version locations too (default false).
@@ -520,7 +537,9 @@ class DatabaseConfig:
     transaction_per_migration: bool
     line: int
     tenants: TenantsConfig | None = None
-    replay: bool = False
+    #: "auto": replay a recording once two tenants ran the revision live with the same SQL
+    #: (the default); True: from the first recording on; False: always live.
+    replay: bool | str = "auto"
     #: Seconds a connection attempt may take before the target fails.
     connect_timeout: float = 10.0
     #: Seconds a server may stay silent while a statement runs before the target fails.
@@ -1251,6 +1270,10 @@ def _pydantic_error(loader: _Loader, loc: Path_, err: Any, count: int) -> Config
     elif kind in ("bool_type", "bool_parsing"):
         message = "expected true or false"
         hint = "write true or false, unquoted"
+    elif kind == "replay_type":
+        message = "expected auto, true or false"
+        hint = "write auto, true or false, unquoted"
+        got = f" (got {_short(value)})" if _is_scalar(value) else ""
     elif kind in ("int_type", "int_parsing", "int_from_float"):
         message = "expected a whole number"
         hint = "write it without quotes or decimals, e.g. 3"
@@ -1369,7 +1392,7 @@ def load_project(path: str | Path | None = None, environ: Mapping[str, str] | No
             transaction_per_migration=_first(db.transaction_per_migration, raw.defaults.transaction_per_migration, True),
             line=loader.lines.of(here) or 0,
             tenants=_resolve_tenants(loader, here + ("tenants",), db.tenants, url, root) if db.tenants else None,
-            replay=_first(db.replay, raw.defaults.replay, False),
+            replay=_first(db.replay, raw.defaults.replay, "auto"),
             connect_timeout=_first(db.connect_timeout, raw.defaults.connect_timeout, 10.0),
             server_timeout=_first(db.server_timeout, raw.defaults.server_timeout, 120.0),
             version_locations=version_locations,

@@ -31,6 +31,8 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from orchestrator import alembic_compat
+from orchestrator import replay as replaying
 from orchestrator import scripts as planning
 from orchestrator.config import DatabaseConfig, Project
 from orchestrator.dialects import dialect_for
@@ -55,6 +57,9 @@ class Workspace:
         self.scripts = ScriptCache(project)
         self.engines = Engines()
         self.replayer = Replayer()
+        #: Schema fingerprints whose version table passed the shape check: a tenant with the
+        #: same fingerprint has the same table, so it needs no catalog reads to say so.
+        self.shapes_ok: set[str] = set()
 
     def session(self, target: Target, *, lock: bool = False, create: bool = False) -> Session:
         return Session(self.engines, target, lock=lock, create=create)
@@ -291,16 +296,26 @@ def downgrade(ws: Workspace, target: Target, revision: str) -> TargetResult:
 def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> TargetResult:
     script = ws.scripts.script(target.database)
     tracker = Tracker()
+    dialect = dialect_for(target)
+    mode = replaying.mode_of(target)
+    replay = tracker.replay = replaying.ReplayState(mode=mode) if mode else None
 
     def plan(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
         steps = ws.scripts.fresh(target.database, tracker.plan(script, revision, heads, upgrading))
-        if target.database.replay and steps and context.connection is not None:
-            steps, tracker.replay = ws.replayer.wrap(steps, context.connection, target, dialect_for(target))
+        if replay is not None and steps and context.connection is not None:
+            steps = ws.replayer.wrap(steps, context.connection, target, dialect, replay)
         return steps
 
     def work(connection: Connection) -> None:
-        tracker.before = current_heads(connection, target, script, shape=True)
-        if upgrading and not tracker.before and not version_table_exists(connection, target):
+        known = False
+        if replay is not None:  # one catalog read keys recordings and vouches for the table's shape
+            replay.fingerprint, replay.fingerprinted = dialect.schema_fingerprint(connection), True
+            known = replay.fingerprint is not None and replay.fingerprint in ws.shapes_ok
+        tracker.before = current_heads(connection, target, script, shape=not known)
+        if replay is not None and replay.fingerprint is not None:
+            ws.shapes_ok.add(replay.fingerprint)
+        unversioned = not tracker.before and not version_table_exists(connection, target)
+        if upgrading and unversioned:
             refuse_unversioned(connection, target)
         if not upgrading and len(tracker.before) > 1 and revision.startswith("-"):
             raise TargetError(
@@ -309,11 +324,23 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
             )
         connection.rollback()  # Alembic must start outside a transaction to manage its own
         try:  # plan now, so that a lock wait before Alembic plans still names the revision
-            tracker.plan(script, revision, tuple(tracker.before), upgrading)
+            steps = tracker.plan(script, revision, tuple(tracker.before), upgrading)
         except CommandError:
-            pass  # Alembic raises it again, in its place
-        run_watched(ws, target, connection, tracker, plan, {"on_version_apply": tracker.on_version_apply},
-                    destination_rev=revision)
+            steps = None  # Alembic raises it again, in its place
+        batch = ws.replayer.batch(target, dialect, steps or [], tracker.before, replay.fingerprint) if (
+            replay is not None and upgrading) else None
+        if batch is not None and replay is not None:
+            blocks = batch_blocks(connection, target, tracker.before, [step for step, _ in batch],
+                                  [recording for _, recording in batch], create_table=unversioned)
+            per_revision = target.database.transaction_per_migration
+            try:
+                run_watched(ws, target, connection, tracker, lambda: replaying.run_batch(
+                    connection, dialect, blocks, per_revision=per_revision, committed=lambda _rev: tracker.on_version_apply()))
+            finally:
+                replay.replayed = tracker.callbacks  # the revisions whose transaction committed
+            return
+        run_watched(ws, target, connection, tracker, lambda: run_env(
+            ws, target, plan, connection, {"on_version_apply": tracker.on_version_apply}, destination_rev=revision))
 
     try:
         ws.session(target, lock=True, create=_creates(target)).run(work)
@@ -334,9 +361,28 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
             result.applied = tracker.mine(result.applied)
     if result.status is Status.NOOP and result.applied:
         result.status = Status.UPGRADED if upgrading else Status.DOWNGRADED
-    if tracker.replay is not None:
-        result.replayed = tracker.replay.replayed
+    if replay is not None:
+        result.replayed = replay.replayed
+        result.live = dict(replay.live) or None
     return result
+
+
+def batch_blocks(connection: Connection, target: Target, heads: list[str], steps: list[Any],
+                 recordings: list[replaying.Recording], *, create_table: bool) -> list[replaying.Block]:
+    """A whole-tenant batch: each revision's recorded statements, then the version table
+    update Alembic would make (the table created first where there is none yet)."""
+    table, sa_dialect = target.database.version_table, connection.dialect
+    old = heads[0] if heads else None
+    blocks: list[replaying.Block] = []
+    for step, recording in zip(steps, recordings):
+        new = step.revision.revision
+        statements = list(recording.statements)
+        if create_table and not blocks:
+            statements.insert(0, (alembic_compat.version_sql(sa_dialect, table, None, None), None, False))
+        statements.append((alembic_compat.version_sql(sa_dialect, table, old, new), None, False))
+        blocks.append(replaying.Block(new, statements))
+        old = new
+    return blocks
 
 
 def run_watched(
@@ -344,17 +390,16 @@ def run_watched(
     target: Target,
     connection: Connection,
     tracker: Tracker,
-    fn: Callable[[Any, MigrationContext], list[Any]],
-    options: dict[str, Any] | None = None,
-    **environment: Any,
+    body: Callable[[], None],
 ) -> None:
-    """Run env.py for a changing operation, watched for sessions that block it; leaves the
-    version table's revisions in ``tracker.after`` (read again after a failure)."""
+    """Run ``body`` (env.py, or a batch) for a changing operation, watched for sessions that
+    block it; leaves the version table's revisions in ``tracker.after`` (read again after a
+    failure)."""
     dialect = dialect_for(target)
     watch = dialect.watch_blockers(connection, target)
     try:
         with watch:
-            run_env(ws, target, fn, connection, options, **environment)
+            body()
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -442,7 +487,8 @@ def stamp(ws: Workspace, target: Target, revision: str, purge: bool = False) -> 
             current_heads(connection, target, script, shape=True, rows=not purge)
             connection.rollback()  # Alembic must start outside a transaction to manage its own
             # Watched like a migration: it waits for locks (SQLite: busy_timeout) and names blockers.
-            run_watched(ws, target, connection, tracker, plan, destination_rev=(revision,), purge=purge)
+            run_watched(ws, target, connection, tracker, lambda: run_env(
+                ws, target, plan, connection, destination_rev=(revision,), purge=purge))
 
         try:
             ws.session(target, lock=True, create=_creates(target)).run(work)
@@ -536,6 +582,39 @@ def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]
     for result in results:
         result.duration = elapsed
     return results
+
+
+def bulk_heads(ws: Workspace, database: DatabaseConfig, targets: list[Target]) -> dict[str, list[str]]:
+    """Target name -> its version table's revisions, read in bulk as :func:`read_versions`
+    reads them (one connection per server for schema tenants, straight file reads for
+    SQLite), for the targets this read can vouch for: a target is left out when the server
+    has no bulk path, the read failed, its schema or file is missing, or its rows are not
+    something Alembic could work with (:func:`version_rows_problem`,
+    :func:`version_overlap_problem`). Never raises: what it leaves out takes the normal path."""
+    tenants = database.tenants
+    if tenants is None or not targets:
+        return {}
+    try:
+        script = ws.scripts.script(database)
+        dialect = dialect_for(targets[0])
+        found: dict[str, list[str] | None]
+        if tenants.mode == "schema":
+            by_tenant = ws.session(make_target(database)).run(
+                lambda connection: dialect.bulk_versions(connection, database.version_table, targets)
+            )
+            found = {t.name: by_tenant.get(t.tenant or "") for t in targets}
+        else:
+            read = dialect.read_version_tables(targets, database.version_table)
+            if read is None:
+                return {}
+            found = read
+    except Exception:  # noqa: BLE001 - unknown here: each target reads (and reports) it on its own
+        return {}
+    return {
+        name: sorted(heads, key=str)
+        for name, heads in found.items()
+        if heads is not None and not (version_rows_problem(heads) or version_overlap_problem(script, heads))
+    }
 
 
 def lost(ws: Workspace, target: Target, operation: str, revision: str | None, why: str,

@@ -1,43 +1,83 @@
-"""Replay: run a revision's SQL, recorded on the first tenant that ran it, on the others.
+"""Replay: run a revision's SQL, recorded on tenants that ran it live, on the others.
 
 Migrating a fleet runs the same revisions on hundreds of identical schemas, and most of
 the time goes into Alembic and SQLAlchemy building the same statements again (table
-objects, reflection for batch mode, DDL compilation), not into the database. With
-``replay: true`` a worker records the driver-level statements of each revision the first
-time it runs it live, and replays them on the next tenants, inside the same per-revision
-transaction, with Alembic still writing the version table.
+objects, reflection for batch mode, DDL compilation), not into the database. A worker
+records the driver-level statements of each revision it runs live, keyed by the schema
+it started from, and replays them on the next tenants.
 
-A recording is only used where it is known to give the same result as running the
-revision's Python code:
+``replay: auto`` (the default, for databases with tenants) replays a recording only once
+it is **verified**: a second tenant, run live from the same schema fingerprint, sent the
+same statements with the same parameters and reached the same schema. That catches values
+a revision makes in Python per run (``uuid4()``, ``datetime.now()``) without anyone
+declaring them. ``replay: true`` replays from the first recording on; ``false`` never.
 
-- the tenant's schema must be exactly the one the recording started from: a schema
-  fingerprint (the dialect's catalog, without the tenant's own name) is part of the key;
-- the revision may read the catalog (reflection) but no data: a revision whose code
-  fetched rows from a table may decide per tenant, so it always runs live;
-- no recorded statement may name the recording tenant (its schema or database);
-- a revision can opt out with ``orchestrate_replay = False`` in its module (for example
-  when it generates per-tenant values such as uuid4() in Python).
+A recording is never made (the revision always runs live) when:
+
+- the tenant's schema cannot be fingerprinted (the dialect's catalog, without the
+  tenant's own name, is part of the key), or differs from the recording's;
+- the revision reads data (a statement that returned rows, reflection aside): it may
+  decide per tenant;
+- a statement names the tenant's own schema or database (its real name on the server);
+- the revision commits inside itself (``autocommit_block()``, e.g. PostgreSQL's
+  ``CREATE INDEX CONCURRENTLY``): it runs outside the per-revision transaction;
+- the module says ``orchestrate_replay = False``;
+- the module holds other values after import than on the run that recorded it.
+
+**Whole-tenant batches.** A tenant whose pending revisions all have verified recordings
+(and a linear path, upgrading) skips Alembic: each revision is one transaction holding its
+recorded statements and the version table update, sent as one execution per revision where
+the driver allows it (:attr:`Dialect.batch`). A failure rolls back that revision only, and
+the version table, read again, says which revisions committed.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
+from orchestrator import alembic_compat
 from orchestrator.dialects import Dialect
 from orchestrator.targets import Target
 
-_NOT_REPLAYABLE = object()
+# Why a revision ran live (the report's ``live`` counts these).
+FIRST = "first run of it here (recorded)"
+CHECKING = "second run here (checked against the first)"
+OPTED_OUT = "orchestrate_replay = False"
+NO_FINGERPRINT = "this server's schemas cannot be fingerprinted"
+DIFFERS = "its SQL or result differed between two tenants (values made in Python?)"
+READS = "it reads data"
+NAMES_TENANT = "its SQL names the tenant"
+COMMITS = "it commits inside the revision (autocommit_block)"
+NOT_REVISION = "not a revision step"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recording:
     statements: tuple[tuple[str, Any, bool], ...]  # (statement, parameters, executemany)
     fingerprint_after: str
+    verified: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    why: str
+
+
+def mode_of(target: Target) -> bool | str:
+    """The database's replay mode for this target: "auto", True or False. "auto" is off
+    where there is no fleet (one target gains nothing from a recording)."""
+    mode = target.database.replay
+    if mode == "auto" and target.database.tenants is None:
+        return False
+    return mode
 
 
 @dataclass
@@ -53,72 +93,145 @@ class _Recorder:
         if self.dialect.is_catalog_query(statement):
             return  # reflection: depends on the schema only, which the fingerprint pins
         if cursor.description is not None:
-            self.why_not = self.why_not or "it reads data"
+            self.why_not = self.why_not or READS
         if self.tenant_pattern is not None and self.tenant_pattern.search(statement):
-            self.why_not = self.why_not or "its SQL names the tenant"
+            self.why_not = self.why_not or NAMES_TENANT
         self.statements.append((statement, parameters, many))
+
+    def on_commit(self, _conn: Any) -> None:
+        self.why_not = self.why_not or COMMITS
+
+    @contextmanager
+    def listening(self, connection: Connection) -> Iterator[None]:
+        event.listen(connection, "after_cursor_execute", self.after_execute)
+        event.listen(connection, "commit", self.on_commit)
+        try:
+            yield
+        finally:
+            event.remove(connection, "after_cursor_execute", self.after_execute)
+            event.remove(connection, "commit", self.on_commit)
 
 
 @dataclass
-class _TargetState:
+class ReplayState:
+    """What replay did for one target: its schema fingerprint as it goes, and counts."""
+
+    mode: bool | str = "auto"
     fingerprint: str | None = None
+    fingerprinted: bool = False  # fingerprint is known (None then means: not supported)
     replayed: int = 0
+    live: Counter[str] = field(default_factory=Counter)
+
+    def ran_live(self, why: str) -> None:
+        self.live[why] += 1
+
+
+def tenant_pattern(target: Target, dialect: Dialect) -> re.Pattern[str] | None:
+    own = dialect.own_name(target)
+    return re.compile(rf"(?<![\w$]){re.escape(own)}(?![\w$])") if own else None
 
 
 class Replayer:
-    """One per Runner, so per worker process; keeps recordings for the whole run."""
+    """One per Workspace, so per worker process; keeps recordings for the whole run."""
 
     def __init__(self) -> None:
-        self._recordings: dict[tuple[Any, ...], Any] = {}
+        self._recordings: dict[tuple[Any, ...], Recording | Refused] = {}
+        # Verified recordings by (database, revision, direction, dialect, fingerprint): the
+        # module's import state was the same on both live runs, so a batch needs no import.
+        self._verified: dict[tuple[Any, ...], Recording] = {}
 
-    def wrap(self, steps: list[Any], connection: Connection, target: Target, dialect: Dialect) -> tuple[list[Any], _TargetState]:
+    # ------------------------------------------------------------------ step by step
+
+    def wrap(self, steps: list[Any], connection: Connection, target: Target, dialect: Dialect,
+             state: ReplayState) -> list[Any]:
         """Steps whose migration functions replay a recording when one fits."""
-        state = _TargetState()
-        tenant = dialect.own_name(target)
-        pattern = re.compile(rf"(?<![\w$]){re.escape(tenant)}(?![\w$])") if tenant else None
-        wrapped = [_Step(step, self._runner(step, connection, target, dialect, state, pattern)) for step in steps]
-        return wrapped, state
+        pattern = tenant_pattern(target, dialect)
+        return [_Step(step, self._runner(step, connection, target, dialect, state, pattern))
+                if alembic_compat.is_revision_step(step) else step for step in steps]
 
-    def _runner(
-        self,
-        step: Any,
-        connection: Connection,
-        target: Target,
-        dialect: Dialect,
-        state: _TargetState,
-        pattern: re.Pattern[str] | None,
-    ) -> Callable[..., None]:
+    def _runner(self, step: Any, connection: Connection, target: Target, dialect: Dialect,
+                state: ReplayState, pattern: re.Pattern[str] | None) -> Callable[..., None]:
         original = step.migration_fn
         opted_out = getattr(step.revision.module, "orchestrate_replay", True) is False
 
         def run(**kw: Any) -> None:
+            if not state.fingerprinted:
+                state.fingerprint, state.fingerprinted = dialect.schema_fingerprint(connection), True
             if state.fingerprint is None:
-                state.fingerprint = dialect.schema_fingerprint(connection)
-            key = (target.database.name, step.revision.revision, step.is_upgrade, target.dialect, state.fingerprint,
-                   getattr(step, "import_state", None))  # values the module made at import (scripts.import_state)
-            recording = self._recordings.get(key)
-            if isinstance(recording, Recording) and not opted_out:
-                for statement, parameters, many in recording.statements:
+                state.ran_live(NO_FINGERPRINT)
+                original(**kw)
+                return
+            key = (*_base_key(target, step, state.fingerprint), getattr(step, "import_state", None))
+            entry = self._recordings.get(key)
+            if opted_out:
+                why: str = OPTED_OUT
+            elif isinstance(entry, Refused):
+                why = entry.why
+            elif entry is None:
+                why = FIRST
+            elif entry.verified or state.mode is True:
+                for statement, parameters, many in entry.statements:
                     _execute(connection, statement, parameters, many)
-                state.fingerprint = recording.fingerprint_after
+                state.fingerprint = entry.fingerprint_after
                 state.replayed += 1
                 return
-            recorder = None if recording is not None or opted_out else _Recorder(dialect, pattern)
-            if recorder is not None:
-                event.listen(connection, "after_cursor_execute", recorder.after_execute)
-            try:
+            else:
+                why = CHECKING
+            recorder = _Recorder(dialect, pattern) if why in (FIRST, CHECKING) else None
+            if recorder is None:
                 original(**kw)
-            finally:
-                if recorder is not None:
-                    event.remove(connection, "after_cursor_execute", recorder.after_execute)
-            state.fingerprint = dialect.schema_fingerprint(connection)
+            else:
+                with recorder.listening(connection):
+                    original(**kw)
+            after = dialect.schema_fingerprint(connection)
             if recorder is not None:
-                self._recordings[key] = (
-                    _NOT_REPLAYABLE if recorder.why_not or state.fingerprint is None
-                    else Recording(tuple(recorder.statements), state.fingerprint)
-                )
+                if recorder.why_not or after is None:
+                    why = recorder.why_not or NO_FINGERPRINT
+                    self._recordings[key] = Refused(why)
+                elif isinstance(entry, Recording):  # the check: same SQL, same result
+                    if entry.statements == tuple(recorder.statements) and entry.fingerprint_after == after:
+                        entry.verified = True
+                        self._verified[key[:-1]] = entry
+                    else:
+                        self._recordings[key] = Refused(DIFFERS)
+                        self._verified.pop(key[:-1], None)
+                        why = DIFFERS
+                else:
+                    self._recordings[key] = Recording(tuple(recorder.statements), after)
+            state.fingerprint = after
+            state.ran_live(why)
 
         return run
+
+    # ------------------------------------------------------------------ whole tenant
+
+    def batch(self, target: Target, dialect: Dialect, steps: list[Any], heads: list[str],
+              fingerprint: str | None) -> list[tuple[Any, Recording]] | None:
+        """The verified recordings for all of ``steps`` from ``heads`` and ``fingerprint``,
+        when they make a whole-tenant batch: upgrades along a linear path, each with a
+        verified recording. None otherwise (the steps run through Alembic)."""
+        if dialect.batch is None or not steps or fingerprint is None or len(heads) > 1:
+            return None
+        head = heads[0] if heads else None
+        planned = []
+        for step in steps:
+            if not alembic_compat.is_revision_step(step) or not step.is_upgrade:
+                return None
+            revision = step.revision
+            if revision.down_revision != head or revision.dependencies:
+                return None  # a merge, a branch or a dependency: Alembic's head bookkeeping
+            if getattr(revision.module, "orchestrate_replay", True) is False:
+                return None
+            recording = self._verified.get(_base_key(target, step, fingerprint))
+            if recording is None:
+                return None
+            planned.append((step, recording))
+            fingerprint, head = recording.fingerprint_after, revision.revision
+        return planned
+
+
+def _base_key(target: Target, step: Any, fingerprint: str) -> tuple[Any, ...]:
+    return (target.database.name, step.revision.revision, step.is_upgrade, target.dialect, fingerprint)
 
 
 def _execute(connection: Connection, statement: str, parameters: Any, many: bool) -> None:
@@ -130,6 +243,68 @@ def _execute(connection: Connection, statement: str, parameters: Any, many: bool
         connection.exec_driver_sql(statement, parameters)
     else:
         connection.exec_driver_sql(statement)
+
+
+@dataclass
+class Block:
+    """One revision of a batch: its transaction's statements, the version update last."""
+
+    revision: str
+    statements: list[tuple[str, Any, bool]]
+
+
+def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, per_revision: bool,
+              committed: Callable[[str], None]) -> None:
+    """Run ``blocks`` straight on the driver connection: each revision in a transaction of
+    its own (or all in one when not ``per_revision``), as one execution per transaction
+    where :attr:`Dialect.batch` is "script" and nothing is bound. A failure rolls the open
+    transaction back and raises a :class:`DBAPIError` carrying the failing statement."""
+    if connection.in_transaction():
+        connection.commit()
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    error = connection.dialect.loaded_dbapi.Error
+    groups = [[block] for block in blocks] if per_revision else [blocks]
+    autocommit = getattr(raw, "autocommit", None)
+    if autocommit is False:
+        raw.autocommit = True  # psycopg: our BEGIN/COMMIT are the transactions
+    cursor = raw.cursor()
+    statement: str = "BEGIN"
+    parameters: Any = None
+    try:
+        for group in groups:
+            statements = [s for block in group for s in block.statements]
+            if dialect.batch == "script" and not any(p for _, p, _m in statements):
+                statement = ";\n".join(["BEGIN", *(s for s, _p, _m in statements), "COMMIT"])
+                parameters = None
+                cursor.execute(statement)
+            else:
+                statement, parameters = "BEGIN", None
+                cursor.execute(statement)
+                for statement, parameters, many in statements:
+                    if many:
+                        cursor.executemany(statement, parameters)
+                    elif parameters:
+                        cursor.execute(statement, parameters)
+                    else:
+                        cursor.execute(statement)
+                statement, parameters = "COMMIT", None
+                cursor.execute(statement)
+            for block in group:
+                committed(block.revision)
+    except error as exc:
+        try:
+            cursor.execute("ROLLBACK")
+        except error:
+            pass  # nothing open (it failed at COMMIT), or the connection is gone
+        raise DBAPIError(statement, parameters, exc) from exc
+    finally:
+        try:
+            cursor.close()
+            if autocommit is False:
+                raw.autocommit = False
+        except Exception:  # noqa: BLE001 - a broken connection: keep the first error
+            pass
 
 
 class _Step:

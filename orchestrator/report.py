@@ -56,8 +56,9 @@ def target_line(result: TargetResult) -> Text:
         line.append(f"{revisions(result.before)} -> {revisions(result.after)}")
         if result.applied:
             count = len(result.applied)
-            replayed = result.replayed
-            extra = f", {replayed} replayed" if replayed else ""
+            extra = f", {result.replayed} replayed" if result.replayed else ""
+            if result.replayed and result.live:
+                extra += f", live: {'; '.join(f'{n} {why}' for why, n in result.live.items())}"
             line.append(f" ({count} revision{'s' if count != 1 else ''}{extra})", style="dim")
     elif result.status is Status.NOOP:
         line.append(revisions(result.after), style="dim")

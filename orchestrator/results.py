@@ -69,7 +69,8 @@ class TargetResult:
     differences: list[str] = field(default_factory=list)  # check: models vs database
     revisions: list[dict[str, Any]] | None = None  # history: the database's revisions, newest first
     # how it ran
-    replayed: int | None = None
+    replayed: int | None = None  # revisions run from a verified recording (None: replay not used)
+    live: dict[str, int] | None = None  # why the other revisions ran live: reason -> count
     attempts: int = 1
     lock_timeout: bool = False
     worker: dict[str, Any] | None = None  # {"host": ..., "pid": ...} of the process that ran it

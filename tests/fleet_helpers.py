@@ -128,7 +128,10 @@ def write_items_lineage(folder: Path) -> None:
 
 def write_slow_lineage(folder: Path, sleep_a: float = 0.1, sleep_b: float = 0.1) -> None:
     for rev, (down, message, up, downgrade) in _slow(sleep_a, sleep_b).items():
-        write_revision(folder, rev, down, message, up, downgrade)
+        path = write_revision(folder, rev, down, message, up, downgrade)
+        # The sleep stands for a long statement, which a replay would run too: never replay these.
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write("\norchestrate_replay = False\n")
 
 
 def write_core_lineage(folder: Path, failing: bool) -> None:

@@ -380,7 +380,8 @@ def test_parse_duration_directly() -> None:
         ("lock_retries: '2'", "expected a whole number (got '2')"),
         ("transaction_per_migration: 1", "expected true or false (got 1)"),
         ("transaction_per_migration: 'yes'", "expected true or false (got 'yes')"),
-        ("replay: 'true'", "expected true or false (got 'true')"),
+        ("replay: 'true'", "expected auto, true or false (got 'true')"),
+        ("replay: sometimes", "expected auto, true or false (got 'sometimes')"),
         ("recursive_version_locations: 0", "expected true or false (got 0)"),
     ],
 )
@@ -404,7 +405,7 @@ def test_values_from_variables_are_read_as_their_setting(tmp_path: Path) -> None
     users = load(path, {"RETRIES": "3", "REPLAY": "false", "CONNECT": "250ms"}).databases["users"]
     assert (users.lock_retries, users.replay, users.connect_timeout) == (3, False, 0.25)
     assert "expected a whole number" in rejected(path, 4, {"RETRIES": "3.5", "REPLAY": "false", "CONNECT": "1s"}).message
-    assert "expected true or false" in rejected(path, 5, {"RETRIES": "3", "REPLAY": "yes", "CONNECT": "1s"}).message
+    assert "expected auto, true or false" in rejected(path, 5, {"RETRIES": "3", "REPLAY": "yes", "CONNECT": "1s"}).message
 
 
 def test_connect_and_server_timeouts(tmp_path: Path) -> None:

@@ -113,6 +113,11 @@ class Dialect:
     file_based: ClassVar[bool] = False
     #: Can tenants live in schemas of one URL (``tenants: {mode: schema}``)?
     schema_tenants: ClassVar[bool] = False
+    #: How a whole-tenant replay batch reaches the server (:mod:`orchestrator.replay`):
+    #: "script", a revision's transaction as one multi-statement execution; "each", one
+    #: driver call per statement (in-process servers: no round trips to save); None: no
+    #: batches (DDL is not transactional, so a revision is not one transaction).
+    batch: ClassVar[str | None] = None
 
     def schema_tenant(self, url: URL, tenant: str) -> tuple[URL, str | None]:
         """The URL and schema of a tenant in schema mode: here, a database per tenant

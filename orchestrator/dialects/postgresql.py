@@ -42,6 +42,7 @@ class PostgreSQL(Dialect):
     identifier_limit = 63
     default_port = 5432
     schema_tenants = True
+    batch = "script"
 
     def schema_tenant(self, url: URL, tenant: str) -> tuple[URL, str | None]:
         return url, tenant  # one database, a schema per tenant (search_path)

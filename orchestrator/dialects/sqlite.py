@@ -42,6 +42,7 @@ class SQLite(Dialect):
 
     name = "sqlite"
     file_based = True
+    batch = "each"
 
     def server_key(self, url: URL) -> tuple[Any, ...]:
         return ("sqlite",)  # files on this machine
