@@ -650,7 +650,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=BENCH / "results.md", help="where to write the report")
     parser.add_argument("--keep", action="store_true", help="keep the generated project folder (its path is printed)")
     parser.add_argument("--dask", action="store_true", help="only compare --backend dask (a local cluster of 2 "
-                        "workers, its start included) with --parallel 2, per backend; prints the overhead per target")
+                        "workers) with --parallel 2, per backend, at two fleet sizes; prints the marginal cost per "
+                        "target of each (and their ratio) apart from the fixed cost of a run (cluster start-up)")
+    parser.add_argument("--dask-sizes", help="with --dask: the two fleet sizes, SMALL,LARGE (default: a third of "
+                        "--tenants, and --tenants)")
+    parser.add_argument("--dask-repeat", type=int, default=1, help="with --dask: runs per mode and size (the "
+                        "fastest counts; default 1)")
+    parser.add_argument("--dask-backends", default="sqlite,postgresql", help="with --dask: which backends "
+                        "(default sqlite,postgresql; --skip-postgres drops postgresql)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.tenants = args.tenants or (10 if quick else 100)
@@ -663,29 +670,72 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 DASK_MODE = "orchestrate upgrade --backend dask (local cluster, 2 workers)"
+PARALLEL_MODE = "orchestrate upgrade --parallel 2"
 
 
 def dask_comparison(bench: Bench, args: argparse.Namespace, root: Path, sq_dir: Path) -> int:
     """--dask: the same fleet through --parallel 2 and through a local Dask cluster of 2
-    workers, in the same run; the overhead per target of going through Dask."""
-    lines = ["| backend | tenants | --parallel 2 ms/tenant | dask ms/tenant | overhead ms/tenant | ratio |",
-             "|---|---:|---:|---:|---:|---:|"]
+    workers, in the same run, at two fleet sizes (SMALL and LARGE tenants, empty each time).
+
+    A run's wall time is a fixed cost (interpreter, project, for Dask the LocalCluster's
+    start and the project shipped to each worker) plus a cost per target. Per mode, the
+    marginal cost per target is (time at LARGE - time at SMALL) / (LARGE - SMALL) and the
+    fixed cost what is left at SMALL; the target compares the marginal costs (Dask within
+    10% of --parallel 2), the fixed costs are reported beside them. Sizes are run small,
+    large, and modes alternate in order between repeats; the fastest of the repeats counts."""
+    if args.dask_sizes:
+        small, large = sorted(int(v) for v in args.dask_sizes.split(","))
+    else:
+        small, large = max(1, args.tenants // 3), args.tenants
+    if small < 1 or large <= small:
+        raise SystemExit("--dask-sizes: two different positive sizes, e.g. 100,300")
+    backends = [b for b in args.dask_backends.split(",") if b and not (b == "postgresql" and args.skip_postgres)]
+    if set(backends) - {"sqlite", "postgresql"}:
+        raise SystemExit("--dask-backends: sqlite and/or postgresql")
+    modes = [PARALLEL_MODE, DASK_MODE]
+    lines = [
+        f"Fleets of {small} and {large} tenants, 40 revisions, best of {max(1, args.dask_repeat)} run(s) each.",
+        "",
+        "| backend | mode | s at " + str(small) + " | s at " + str(large) + " | per target ms (marginal) | fixed s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    verdicts: list[str] = []
     try:
-        if not args.skip_postgres:
+        if "postgresql" in backends:
             bench.setup_postgres()
-        generate(root, sq_dir, None if args.skip_postgres else bench.pg_sqlalchemy_url)
-        for backend in ["sqlite"] + ([] if args.skip_postgres else ["postgresql"]):
-            tenants = tenant_names(args.tenants)
+        generate(root, sq_dir, bench.pg_sqlalchemy_url if "postgresql" in backends else None)
+        for backend in backends:
             subprocess.run(bench.orchestrate("heads", "-n", bench.db_name(backend)), capture_output=True, cwd=root)
-            local = bench.mode(backend, "orchestrate upgrade --parallel 2", tenants, len(tenants))
-            dask = bench.mode(backend, DASK_MODE, tenants, len(tenants))
-            lines.append(f"| {backend} | {len(tenants)} | {local.ms_per_tenant:.1f} | {dask.ms_per_tenant:.1f} | "
-                         f"{dask.ms_per_tenant - local.ms_per_tenant:+.1f} | {ratio(dask.seconds, local.seconds)} |")
+            best: dict[tuple[str, int], float] = {}
+            for repeat in range(max(1, args.dask_repeat)):
+                for n in (small, large):
+                    for mode in modes if repeat % 2 == 0 else modes[::-1]:
+                        row = bench.mode(backend, mode, tenant_names(n), n)
+                        best[mode, n] = min(best.get((mode, n), row.seconds), row.seconds)
+            marginal: dict[str, float] = {}
+            fixed: dict[str, float] = {}
+            for mode in modes:
+                marginal[mode] = (best[mode, large] - best[mode, small]) / (large - small)
+                fixed[mode] = best[mode, small] - small * marginal[mode]
+                name = "--parallel 2" if mode == PARALLEL_MODE else "--backend dask (2 workers)"
+                lines.append(f"| {backend} | {name} | {best[mode, small]:.2f} | {best[mode, large]:.2f} | "
+                             f"{marginal[mode] * 1000:.1f} | {fixed[mode]:.2f} |")
+            per_target = ratio(marginal[DASK_MODE], marginal[PARALLEL_MODE])
+            met = marginal[DASK_MODE] <= 1.10 * marginal[PARALLEL_MODE]
+            verdicts.append(
+                f"- {backend}: per target, dask/--parallel 2 = {per_target} "
+                f"({(marginal[DASK_MODE] - marginal[PARALLEL_MODE]) * 1000:+.1f} ms/target)"
+                + (f" — target within 10%: {'met' if met else 'NOT met'}" if backend == "postgresql" else "")
+                + f"; fixed cost of a run {fixed[DASK_MODE]:.2f} s with Dask, {fixed[PARALLEL_MODE]:.2f} s with "
+                f"--parallel 2 (Dask's start-up: {fixed[DASK_MODE] - fixed[PARALLEL_MODE]:+.2f} s); whole runs at "
+                f"{large}: {ratio(best[DASK_MODE, large], best[PARALLEL_MODE, large])}"
+            )
     finally:
         bench.drop_postgres()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(sq_dir, ignore_errors=True)
-    print("\n".join(lines))
+    load = f"; busiest 1-minute load average {bench.max_load:.1f} on {os.cpu_count()} CPUs" if bench.max_load else ""
+    print("\n".join([*lines, "", *verdicts, f"- machine: {os.cpu_count()} CPUs{load}", *bench.report.problems]))
     return 1 if bench.report.problems else 0
 
 
