@@ -149,7 +149,8 @@ def count(bind, revision):
     fleetmodels.count(op.get_bind(), revision)''', '''    op.drop_table("counted")''')
     shops = fleet.database_entry("versions/shops")
     shops["metadata"] = "fleetmodels:metadata"
-    project.write_config({"sys_path": ["."], **extra, "databases": {"shops": shops}})
+    # live runs only: the counted revision must run its Python on every tenant (no replayed SQL)
+    project.write_config({"sys_path": ["."], "defaults": {"replay": False}, **extra, "databases": {"shops": shops}})
     return project
 
 

@@ -15,7 +15,12 @@ worker and hands back the :class:`~orchestrator.results.TargetResult`.
   target it runs. A worker started in an empty folder on another machine works; SQLite
   files must be reachable at the same path there (a shared disk), servers by their URL.
 - **One target at a time per worker process** (Alembic's module-level proxies are not
-  thread-safe): the plugin's lock serialises jobs, and ``capacity`` counts workers.
+  thread-safe): the plugin's lock serialises jobs. ``capacity`` is two jobs per worker:
+  one running and one queued behind it, so a worker starts its next target as soon as one
+  ends instead of idling through the round trips (result to the scheduler and this
+  process, the next task back) between them. A job's task carries only the target and
+  the operation (the project went once, with the plugin), under a key of its own
+  (``pure=False``: nothing is hashed).
 - **Per-server limits:** ``max_per_server: N`` caps how many targets run at once against
   one database server (``backend://host:port``; SQLite files count as one server), across
   the whole cluster: jobs wait in this process until their server has a free slot, so no
@@ -25,11 +30,14 @@ worker and hands back the :class:`~orchestrator.results.TargetResult`.
   returns at once, and the job comes back as lost: the scheduler reads its version table
   again. A worker that died before starting a job just lets another worker run it. The
   migration lock makes sure no revision ever runs twice, whatever the timing.
-- **Stopping:** :meth:`DaskBackend.stop` (first Ctrl-C) stops handing out: jobs not yet
-  sent to the cluster come back NOT_RUN; running ones finish. :meth:`DaskBackend.abort`
+- **Stopping:** :meth:`DaskBackend.stop` (first Ctrl-C or SIGTERM: the backend chains
+  itself before the run's handler) stops handing out: jobs not yet started, here or
+  queued on a worker, come back NOT_RUN (the workers are told; a queued task that starts
+  anyway returns at once); running ones finish. :meth:`DaskBackend.abort`
   (second Ctrl-C) cancels every future and restarts the workers running them (the
   servers roll back the killed sessions).
-- **No address:** a ``LocalCluster`` of worker processes on this machine (1 thread each).
+- **No address:** a ``LocalCluster`` of worker processes on this machine (1 thread each),
+  without Dask's statistical profiler (:data:`LOCAL_CLUSTER_CONFIG`).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import tarfile
 import tempfile
 import threading
@@ -70,8 +79,14 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 CAPACITY_REFRESH_SECONDS = 2.0
 #: Workers of the LocalCluster started when no scheduler address is given.
 LOCAL_WORKERS = 2
+#: Dask settings of the LocalCluster's workers: no statistical profiler (it samples the
+#: running target's stack 100 times a second, for a dashboard nobody looks at here).
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
 _SKIPPED_NAMES = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules"}
 _LOST = "orchestrate:lost"  # what a task returns when it finds its job started before (its worker died)
+_NOT_RUN = "orchestrate:not-run"  # what a task returns when the run was stopped before it started
+#: Jobs on the cluster per worker: one running, one queued behind it.
+PIPELINE_DEPTH = 2
 
 
 def _require_distributed() -> None:
@@ -187,6 +202,7 @@ class ProjectPlugin(_WorkerPlugin):
         self.folder: Path | None = None
         self.ws: Workspace | None = None
         self.lock = threading.Lock()
+        self.stopped = False  # the run was stopped: queued jobs return without starting
 
     def __repr__(self) -> str:  # never the project: its config holds passwords
         return f"<orchestrate project plugin: {self.project.path.name}, {len(self.archive)} bytes of files>"
@@ -243,6 +259,8 @@ class ProjectPlugin(_WorkerPlugin):
         from distributed import Event
 
         with self.lock:  # one target at a time in this process
+            if self.stopped:
+                return _NOT_RUN
             started = Event(marker)
             if started.is_set():
                 return _LOST
@@ -260,6 +278,13 @@ def run_job(plugin: str, marker: str, target: Target, operation: Operation) -> T
     if not isinstance(installed, ProjectPlugin):
         raise RuntimeError(f"the orchestrate project plugin {plugin} is not installed on this worker")
     return installed.run(marker, target, operation)
+
+
+def stop_plugin(plugin: str, dask_worker: Any = None) -> None:
+    """Run on each worker by :meth:`DaskBackend.wait` once the run is stopped."""
+    installed = dask_worker.plugins.get(plugin) if dask_worker is not None else None
+    if isinstance(installed, ProjectPlugin):
+        installed.stopped = True
 
 
 # ---------------------------------------------------------------------- the backend
@@ -285,10 +310,13 @@ class DaskBackend:
                 timeout = float(os.environ.get("ORCHESTRATE_DASK_CONNECT_TIMEOUT", CONNECT_TIMEOUT_SECONDS))
                 self._client = Client(address, timeout=timeout, set_as_default=False)
             else:
-                self._cluster = LocalCluster(
-                    n_workers=max(1, local_workers), threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR,
-                )
+                import dask
+
+                with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                    self._cluster = LocalCluster(
+                        n_workers=max(1, local_workers), threads_per_worker=1, processes=True,
+                        dashboard_address=None, silence_logs=logging.ERROR,
+                    )
                 self._client = Client(self._cluster, set_as_default=False)
         except OSError as exc:
             if self._cluster is not None:
@@ -308,7 +336,8 @@ class DaskBackend:
         self._per_server: Counter[str] = Counter()
         self._servers: dict[int, str] = {}
         self._stopping = False
-        self._limited = False
+        self._told_workers = False
+        self._chained: dict[int, Any] = {}  # signal -> the handler ours wraps
         self._closed = False
         self._markers: list[str] = []
         self._workers = 0
@@ -327,8 +356,9 @@ class DaskBackend:
             self._workers = len(self._client.nthreads())
         except Exception:  # noqa: BLE001 - the scheduler is busy or gone: keep the last count
             return
-        # With per-server limits, a few jobs may wait here for a slot while workers run others.
-        self.capacity = max(1, self._workers * (2 if self._limited else 1))
+        # One job running and one queued per worker (with per-server limits, the queued
+        # ones may wait here for a slot instead).
+        self.capacity = max(1, self._workers * PIPELINE_DEPTH)
 
     @staticmethod
     def _limit(job: Job) -> int | None:
@@ -341,10 +371,9 @@ class DaskBackend:
     # -- the protocol
 
     def submit(self, job: Job) -> None:
+        if not self._chained:
+            self._chain_signals()
         self._jobs[job.key] = job
-        if self._limit(job) and not self._limited:
-            self._limited = True
-            self._refresh_capacity(force=True)
         if self._may_start(job) and not self._waiting:
             self._start(job)
         else:
@@ -373,13 +402,50 @@ class DaskBackend:
                 self._start(job)
 
     def stop(self) -> None:
-        """Stop handing out (first Ctrl-C): jobs not on the cluster yet come back NOT_RUN.
+        """Stop handing out (first Ctrl-C): jobs not started yet come back NOT_RUN.
         Only sets a flag: it may be called from a signal handler."""
         self._stopping = True
+
+    def _chain_signals(self) -> None:
+        """Hear the run's first Ctrl-C / SIGTERM (the scheduler's handlers stay in charge):
+        jobs queued on workers must not start after it."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue  # no run handler to chain (the default would end the process anyway)
+
+            def on_signal(number: int, frame: Any, previous: Any = previous) -> None:
+                self.stop()
+                previous(number, frame)
+
+            self._chained[signum] = (previous, on_signal)
+            signal.signal(signum, on_signal)
+        if not self._chained:
+            self._chained[0] = None  # nothing chained: do not look again
+
+    def _unchain_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, pair in self._chained.items():
+            if pair is not None and signal.getsignal(signum) is pair[1]:
+                signal.signal(signum, pair[0])  # the run's handler is still the one we wrapped
+        self._chained.clear()
+
+    def _tell_workers(self) -> None:
+        """The run is stopped: a job queued on a worker returns NOT_RUN instead of starting."""
+        self._told_workers = True
+        try:
+            self._client.run(stop_plugin, self._plugin, on_error="ignore")
+        except Exception:  # noqa: BLE001 - a worker that cannot be told runs its queued job
+            pass
 
     def wait(self, timeout: float) -> list[Finished]:
         finished: list[Finished] = []
         if self._stopping:
+            if not self._told_workers and self._futures:
+                self._tell_workers()
             while self._waiting:
                 job = self._waiting.popleft()
                 self._jobs.pop(job.key, None)
@@ -420,6 +486,10 @@ class DaskBackend:
                 value = future.result()
                 if value == _LOST:
                     return Finished(key, lost="the Dask worker running it died (it left the cluster)")
+                if value == _NOT_RUN:
+                    return Finished(key, TargetResult.for_target(
+                        job.target, Status.NOT_RUN, error=f"{job.target.name}: not run: the run was stopped"
+                    ))
                 return Finished(key, value)
             if status == "cancelled":
                 return Finished(key, lost="its task was cancelled on the Dask cluster")
@@ -458,6 +528,7 @@ class DaskBackend:
         if self._closed:
             return
         self._closed = True
+        self._unchain_signals()
         for future in self._futures.values():
             future.cancel()
         self._futures.clear()
@@ -493,4 +564,5 @@ def local_workers(parallel: int) -> int:
     return parallel if parallel > 1 else LOCAL_WORKERS
 
 
-__all__ = ["DaskBackend", "ProjectPlugin", "local_workers", "pack_project", "relocate", "run_job", "server_of"]
+__all__ = ["DaskBackend", "ProjectPlugin", "local_workers", "pack_project", "relocate", "run_job", "server_of",
+           "stop_plugin"]
