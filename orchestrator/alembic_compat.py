@@ -135,6 +135,7 @@ def with_module(step: Any, module: ModuleType, wrap: Callable[[Callable[..., Any
 # ---------------------------------------------------------------------- the version table
 
 
+@functools.lru_cache(maxsize=64)
 def version_table(name: str) -> Table:
     """Alembic's version table, as ``MigrationContext`` defines it (one VARCHAR(32) column,
     the primary key named ``<table>_pkc``; no schema: a tenant's connection is pinned to its

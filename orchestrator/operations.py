@@ -27,7 +27,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -152,12 +152,20 @@ def current_heads(
         problem = version_table_shape_problem(connection, target)
         if problem:
             raise broken_version_table(target, problem, shape=True)
-    context = MigrationContext.configure(connection, opts={"version_table": target.database.version_table})
-    found: list[Any] = list(context.get_current_heads())
+    found = version_rows(connection, target.database.version_table)
     problem = (version_rows_problem(found) or version_overlap_problem(script, found)) if rows else None
     if problem:
         raise broken_version_table(target, problem)
     return sorted(found, key=str)
+
+
+def version_rows(connection: Connection, table: str) -> list[Any]:
+    """The rows of the version table ``table`` as they are (none when there is no table):
+    what ``MigrationContext.get_current_heads`` reads, through one compiled statement."""
+    if not inspect(connection).has_table(table):
+        return []
+    version = alembic_compat.version_table(table)
+    return list(connection.execute(select(version.c.version_num)).scalars())
 
 
 def version_rows_problem(found: list[Any]) -> str | None:

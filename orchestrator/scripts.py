@@ -401,11 +401,20 @@ def import_state(module: ModuleType) -> str:
 # ---------------------------------------------------------------------- planning
 
 
+def _memo(script: ScriptDirectory) -> dict[Any, Any]:
+    """Answers about ``script``'s revision graph, kept on it: a fleet asks the same ones
+    (the steps from one starting point, the ancestry of one head) for every tenant."""
+    memo: dict[Any, Any] = script.__dict__.setdefault("_orchestrate_memo", {})
+    return memo
+
+
 def steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...], upgrade: bool) -> list[Any]:
     """Alembic's steps from ``heads`` to ``revision``, up or down."""
-    if upgrade:
-        return alembic_compat.upgrade_steps(script, revision, heads)
-    return alembic_compat.downgrade_steps(script, revision, heads)
+    memo, key = _memo(script), ("steps", revision, heads, upgrade)
+    if key not in memo:
+        memo[key] = tuple(alembic_compat.upgrade_steps(script, revision, heads) if upgrade
+                          else alembic_compat.downgrade_steps(script, revision, heads))
+    return list(memo[key])
 
 
 def position(script: ScriptDirectory, current: list[str]) -> tuple[list[str], int]:
@@ -420,7 +429,10 @@ def ancestry(script: ScriptDirectory, heads: list[str]) -> set[str]:
     """Every revision ``heads`` include (themselves and their ancestors)."""
     if not heads:
         return set()
-    return {rev.revision for rev in script.iterate_revisions(tuple(heads), "base")}
+    memo, key = _memo(script), ("ancestry", tuple(sorted(heads)))
+    if key not in memo:
+        memo[key] = frozenset(rev.revision for rev in script.iterate_revisions(tuple(heads), "base"))
+    return set(memo[key])
 
 
 def committed(script: ScriptDirectory, planned: list[str], after: list[str], upgrade: bool) -> list[str]:
