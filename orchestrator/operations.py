@@ -343,7 +343,8 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
             per_revision = target.database.transaction_per_migration
             try:
                 run_watched(ws, target, connection, tracker, lambda: replaying.run_batch(
-                    connection, dialect, blocks, per_revision=per_revision, committed=lambda _rev: tracker.on_version_apply()))
+                    connection, dialect, blocks, per_revision=per_revision, committed=lambda _rev: tracker.on_version_apply(),
+                    texts=ws.replayer.texts))
             finally:
                 replay.replayed = tracker.callbacks  # the revisions whose transaction committed
             return
@@ -388,7 +389,7 @@ def batch_blocks(connection: Connection, target: Target, heads: list[str], steps
         if create_table and not blocks:
             statements.insert(0, (alembic_compat.version_sql(sa_dialect, table, None, None), None, False))
         statements.append((alembic_compat.version_sql(sa_dialect, table, old, new), None, False))
-        blocks.append(replaying.Block(new, statements))
+        blocks.append(replaying.Block(new, statements, (id(recording), old, new, create_table and not blocks)))
         old = new
     return blocks
 

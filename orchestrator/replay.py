@@ -139,6 +139,8 @@ class Replayer:
         # Verified recordings by (database, revision, direction, dialect, fingerprint): the
         # module's import state was the same on both live runs, so a batch needs no import.
         self._verified: dict[tuple[Any, ...], Recording] = {}
+        #: A batch transaction's text by what makes it (see :func:`run_batch`).
+        self.texts: dict[Any, str | None] = {}
 
     # ------------------------------------------------------------------ step by step
 
@@ -247,17 +249,20 @@ def _execute(connection: Connection, statement: str, parameters: Any, many: bool
 
 @dataclass
 class Block:
-    """One revision of a batch: its transaction's statements, the version update last."""
+    """One revision of a batch: its transaction's statements, the version update last.
+    ``key`` names what makes its text (recording, version transition): equal keys, equal text."""
 
     revision: str
     statements: list[tuple[str, Any, bool]]
+    key: tuple[Any, ...] = ()
 
 
 def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, per_revision: bool,
-              committed: Callable[[str], None]) -> None:
+              committed: Callable[[str], None], texts: dict[Any, str | None] | None = None) -> None:
     """Run ``blocks`` straight on the driver connection: each revision in a transaction of
     its own (or all in one when not ``per_revision``), as one execution per transaction
-    where :attr:`Dialect.batch` is "script" and nothing is bound. A failure rolls the open
+    where :attr:`Dialect.batch` is "script" (bound values rendered as the driver's own
+    literals, the text kept in ``texts`` for the next tenant). A failure rolls the open
     transaction back and raises a :class:`DBAPIError` carrying the failing statement."""
     if connection.in_transaction():
         connection.commit()
@@ -271,12 +276,13 @@ def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, 
     cursor = raw.cursor()
     statement: str = "BEGIN"
     parameters: Any = None
+    texts = {} if texts is None else texts
     try:
         for group in groups:
             statements = [s for block in group for s in block.statements]
-            if dialect.batch == "script" and not any(p for _, p, _m in statements):
-                statement = ";\n".join(["BEGIN", *(s for s, _p, _m in statements), "COMMIT"])
-                parameters = None
+            script = _script(raw, dialect, group, texts) if dialect.batch == "script" else None
+            if script is not None:
+                statement, parameters = script, None
                 cursor.execute(statement)
             else:
                 statement, parameters = "BEGIN", None
@@ -284,7 +290,7 @@ def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, 
                 for statement, parameters, many in statements:
                     if many:
                         cursor.executemany(statement, parameters)
-                    elif parameters:
+                    elif parameters is not None:
                         cursor.execute(statement, parameters)
                     else:
                         cursor.execute(statement)
@@ -305,6 +311,26 @@ def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, 
                 raw.autocommit = False
         except Exception:  # noqa: BLE001 - a broken connection: keep the first error
             pass
+
+
+def _script(raw: Any, dialect: Dialect, group: list[Block], texts: dict[Any, str | None]) -> str | None:
+    """One transaction's text: BEGIN, the statements with their values inlined, COMMIT;
+    None when a value cannot be rendered as a literal (the statements then go one by one)."""
+    key = tuple(block.key for block in group) if all(block.key for block in group) else None
+    if key is not None and key in texts:
+        return texts[key]
+    parts: list[str] | None = ["BEGIN"]
+    for statement, parameters, many in (s for block in group for s in block.statements):
+        # Bound, even with no values (the driver then read %% as %): rendered by the driver.
+        rendered = statement if parameters is None else dialect.inline(raw, statement, parameters, many)
+        if rendered is None or parts is None:
+            parts = None
+            break
+        parts.append(rendered)
+    text = None if parts is None else ";\n".join([*parts, "COMMIT"])
+    if key is not None:
+        texts[key] = text
+    return text
 
 
 class _Step:

@@ -303,6 +303,11 @@ class Dialect:
         constraints), without its own name; None where replay is not supported."""
         return None
 
+    def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
+        """``statement`` with ``parameters`` rendered as literals by the driver ``raw`` (one
+        statement per parameter set when ``many``); None where the driver cannot."""
+        return None
+
     def is_catalog_query(self, statement: str) -> bool:
         """Does ``statement`` only read the catalog (reflection)?"""
         return False

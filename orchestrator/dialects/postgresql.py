@@ -172,6 +172,23 @@ class PostgreSQL(Dialect):
             tuple(own.sub("", v) if v else "" for v in row) for row in rows if row[0] != ""
         ))  # sorted here, after the cut, and by code points: not by the database's collation
 
+    def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
+        try:
+            import psycopg
+        except ImportError:
+            return None
+        if not isinstance(raw, psycopg.Connection):
+            return None  # psycopg2, asyncpg: no client-side rendering here
+        cursor = psycopg.ClientCursor(raw)  # psycopg's own literal rendering, the connection's adapters
+        try:
+            if many:
+                return ";\n".join(cursor.mogrify(statement, values) for values in parameters)
+            return cursor.mogrify(statement, parameters)
+        except Exception:  # noqa: BLE001 - a value it cannot render: the statements go one by one
+            return None
+        finally:
+            cursor.close()
+
     def is_catalog_query(self, statement: str) -> bool:
         return statement.lstrip().upper().startswith(("SELECT", "WITH")) and bool(self._CATALOG.search(statement))
 
