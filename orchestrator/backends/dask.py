@@ -37,7 +37,7 @@ worker and hands back the :class:`~orchestrator.results.TargetResult`.
   (second Ctrl-C) cancels every future and restarts the workers running them (the
   servers roll back the killed sessions).
 - **No address:** a ``LocalCluster`` of worker processes on this machine (1 thread each),
-  without Dask's statistical profiler (:data:`LOCAL_CLUSTER_CONFIG`).
+  without Dask's statistical profiler and with slower monitors (:data:`LOCAL_CLUSTER_CONFIG`).
 """
 from __future__ import annotations
 
@@ -80,8 +80,14 @@ CAPACITY_REFRESH_SECONDS = 2.0
 #: Workers of the LocalCluster started when no scheduler address is given.
 LOCAL_WORKERS = 2
 #: Dask settings of the LocalCluster's workers: no statistical profiler (it samples the
-#: running target's stack 100 times a second, for a dashboard nobody looks at here).
-LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+#: running target's stack 100 times a second, for a dashboard nobody looks at here), and
+#: the system monitor (psutil every 500 ms) and event-loop tick (every 20 ms) slowed down:
+#: together they cost a worker ~20 ms of CPU per target, on the CPUs the targets need.
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "1s",
+}
 _SKIPPED_NAMES = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules"}
 _LOST = "orchestrate:lost"  # what a task returns when it finds its job started before (its worker died)
 _NOT_RUN = "orchestrate:not-run"  # what a task returns when the run was stopped before it started
