@@ -110,8 +110,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def counted_project(make_project: Any, fleet: Fleet, tmp_path: Path, slow_tenant: str = "", **extra: Any) -> Project:
     """The items lineage plus REV_D, which imports `fleetmodels` (a module of the project's
     own, shipped to the workers) and records each attempt (tenant, revision, pid) in
-    counts.db, outside the migration's transaction; `slow_tenant` then sleeps while a flag
-    file exists."""
+    counts.db, outside the migration's transaction; `slow_tenant` ("*": every tenant) then
+    sleeps while a flag file exists."""
     project = make_project({"databases": {"shops": {"url": "sqlite:///placeholder.db"}}}, versions=False)
     counts = tmp_path / "counts.db"
     connection = sqlite3.connect(counts)
@@ -138,7 +138,7 @@ def count(bind, revision):
     connection.execute("INSERT INTO runs VALUES (?, ?, ?)", (tenant, revision, os.getpid()))
     connection.commit()
     connection.close()
-    while tenant == SLOW_TENANT and os.path.exists(FLAG):
+    while SLOW_TENANT in (tenant, "*") and os.path.exists(FLAG):
         time.sleep(0.1)
 ''', encoding="utf-8")
     folder = project.root / "versions" / "shops"
@@ -322,6 +322,50 @@ def test_a_worker_killed_mid_run_loses_only_its_target(cluster, make_project, tm
                   "--retry-failed", str(report))
     assert [(t["tenant"], t["status"], t["applied"]) for t in retried["targets"]] == [(slow, "upgraded", [REV_D])]
     at_head(fleet)
+
+
+def test_first_ctrl_c_lets_running_targets_finish_and_starts_none_of_the_queued(cluster, make_project, tmp_path) -> None:
+    """Each worker runs one target and has one queued behind it (capacity: two per worker):
+    after the first Ctrl-C the queued ones come back NOT_RUN without starting."""
+    names = tenant_names(10)
+    fleet = Fleet("sqlite", "sqlite:///tenants/{tenant}.db", names, tmp_path / "project" / "tenants")
+    project = counted_project(make_project, fleet, tmp_path, slow_tenant="*")
+    (tmp_path / "slow.flag").write_text("1")  # every tenant waits in REV_D while it exists
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATE_DASK_SCHEDULER"}
+    run = subprocess.Popen(
+        [str(BIN / "orchestrate"), "-c", str(project.config), "upgrade", "--backend", "dask",
+         "--scheduler", cluster.address, "--report", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(runs(tmp_path)) < 2 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        running = {tenant for tenant, _, _ in runs(tmp_path)}
+        assert len(running) == 2, f"not both workers busy: {run.communicate(timeout=60)[0].decode()[-3000:]}"
+        run.send_signal(signal.SIGINT)
+        # a lambda: pickled by value (the workers cannot import this module)
+        stopped = lambda dask_worker: [p.stopped for p in dask_worker.plugins.values()
+                                       if type(p).__name__ == "ProjectPlugin"]
+        with cluster.client() as client:  # until both workers were told (no waiting on a clock)
+            while not all(all(v) and v for v in client.run(stopped).values()):
+                assert time.monotonic() < deadline and run.poll() is None, "the workers were never told to stop"
+                time.sleep(0.05)
+        (tmp_path / "slow.flag").unlink()
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, output.decode()[-3000:]
+    entries = by_tenant(load_report(report))
+    assert {t for t, e in entries.items() if e["status"] == "upgraded"} == running
+    assert {t: entries[t]["status"] for t in names if t not in running} == {t: "not_run" for t in names
+                                                                            if t not in running}
+    queued = [t for t in names if "the run was stopped" in (entries[t]["error"] or "")]
+    assert len(queued) == 2, {t: entries[t]["error"] for t in names}  # the one queued behind each running target
+    assert sorted(t for t, _, _ in runs(tmp_path)) == sorted(running)  # no queued target started
+    assert fleet.versions(names) == {t: [REV_D] if t in running else None for t in names}
 
 
 def test_env_var_names_the_scheduler_and_the_config_may_choose_dask(cluster, shop, tmp_path) -> None:
