@@ -111,7 +111,7 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
     project.load_models()  # a model that cannot be imported is a config error (exit 2), found before any target
     if options.on_plan is not None:
         options.on_plan(len(plan.targets))
-    with Workspace(project) as ws:
+    with Workspace(project, keep_sessions=True) as ws:
         ws.scripts.check_loads(plan.databases)  # a revision file that cannot load: exit 2, nothing run
         if operation.name in ("upgrade", "downgrade", "stamp"):  # a bad revision argument: exit 2, nothing run
             planning.check_revision(ws.scripts.script, plan, operation.name, str(operation.args[0]))

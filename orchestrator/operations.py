@@ -52,10 +52,12 @@ RETRY_PAUSE_SECONDS = 2.0
 class Workspace:
     """What the operations of one process share: scripts, engines, recordings."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, *, keep_sessions: bool = False) -> None:
+        """``keep_sessions``: a schema tenant's session may move on to the next tenant of its
+        database (the owner closes the Workspace when its run ends, closing them)."""
         self.project = project
         self.scripts = ScriptCache(project)
-        self.engines = Engines()
+        self.engines = Engines(keep_sessions=keep_sessions)
         self.replayer = Replayer()
         #: Schema fingerprints whose version table passed the shape check: a tenant with the
         #: same fingerprint has the same table, so it needs no catalog reads to say so.

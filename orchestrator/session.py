@@ -65,8 +65,12 @@ class Engines:
     tenant gets one, disposed after its target.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_sessions: bool = False) -> None:
         self._engines: dict[str, Engine] = {}
+        #: Keep a schema tenant's session for the next tenant of its database (see
+        #: :meth:`take`): only where the caller closes the Engines when its run ends.
+        self.keep_sessions = keep_sessions
+        self._kept: dict[str, Connection] = {}
         #: Targets whose last session the Watchdog cut: their server stopped answering, so
         #: reading their version table again would only wait on it (operations ask this).
         self.silent: set[str] = set()
@@ -138,7 +142,44 @@ class Engines:
             if engine is not None:
                 engine.dispose()
 
+    def _kept_key(self, target: Target, dialect: Dialect) -> str | None:
+        """Where a session may move from tenant to tenant: schema tenants of one database
+        (one server, one login), on a server that can reset a session (:meth:`Dialect.reset_session`)."""
+        if not self.keep_sessions or target.schema is None or not dialect.resets_sessions:
+            return None
+        return target.database.name
+
+    def take(self, target: Target, dialect: Dialect) -> Connection | None:
+        """The session the previous tenant of this database left, reset; None if there is none."""
+        key = self._kept_key(target, dialect)
+        connection = self._kept.pop(key, None) if key is not None else None
+        if connection is not None and (connection.closed or connection.invalidated):
+            return None
+        return connection
+
+    def keep(self, target: Target, dialect: Dialect, connection: Connection) -> bool:
+        """Keep ``connection`` for the next tenant, its session reset to a fresh one's
+        (settings, temporary tables, prepared statements, locks); False when it cannot be
+        kept (the caller closes it)."""
+        key = self._kept_key(target, dialect)
+        if key is None or key in self._kept or connection.invalidated or connection.in_transaction():
+            return False
+        try:
+            raw = connection.connection.dbapi_connection
+            if raw is None or not dialect.reset_session(raw):
+                return False
+        except Exception:  # noqa: BLE001 - a session that cannot be reset is closed, not kept
+            return False
+        self._kept[key] = connection
+        return True
+
     def close(self) -> None:
+        for connection in self._kept.values():
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - closing a dead session
+                pass
+        self._kept.clear()
         for engine in self._engines.values():
             engine.dispose()
         self._engines.clear()
@@ -206,16 +247,22 @@ class Session:
         self.engines.silent.discard(target.name)
         watchdog.on_fire = lambda: self.engines.silent.add(target.name)
         with watchdog, self.engines.watching(watchdog):
-            try:
-                connection = engine.connect()
-            except SQLAlchemyError as exc:
-                raise watchdog.explain(connect_error(target, exc)) from exc
-            held: MigrationLock | None = None
-            try:
+            connection = self._reused(target, dialect, watchdog)
+            prepared = connection is not None
+            if connection is None:
+                try:
+                    connection = engine.connect()
+                except SQLAlchemyError as exc:
+                    raise watchdog.explain(connect_error(target, exc)) from exc
                 watchdog.watch(connection)
+            held: MigrationLock | None = None
+            done = False
+            try:
                 if self.lock:
                     held = dialect.migration_lock(connection, target, target.database.lock_wait)
-                return _work_on(connection, target, dialect, work, create=self.create)
+                result = _work_on(connection, target, dialect, work, create=self.create, prepared=prepared)
+                done = True
+                return result
             except Exception as exc:
                 raise watchdog.explain(exc) from exc
             finally:
@@ -223,15 +270,37 @@ class Session:
                     if held is not None and not connection.invalidated:
                         held.release()
                 except Exception:  # noqa: BLE001 - a dead session has dropped its lock already
-                    pass
+                    done = False
                 finally:
-                    connection.close()
+                    # A session that ended well may move on to the next tenant; any other is closed.
+                    if not (done and not watchdog.fired and self.engines.keep(target, dialect, connection)):
+                        connection.close()
+
+    def _reused(self, target: Target, dialect: Dialect, watchdog: Watchdog) -> Connection | None:
+        """The previous tenant's session, if one was kept and still answers (its check is
+        the first statement it would send anyway); None: connect afresh."""
+        connection = self.engines.take(target, dialect)
+        if connection is None:
+            return None
+        watchdog.watch(connection)
+        try:
+            dialect.prepare(connection, target)
+            return connection
+        except Exception:  # noqa: BLE001 - gone while kept (a restart, a terminated backend): connect afresh
+            try:
+                connection.invalidate()
+                connection.close()
+            except Exception:  # noqa: BLE001
+                pass
+            return None
 
 
 def _work_on(
-    connection: Connection, target: Target, dialect: Dialect, work: Callable[[Connection], T], create: bool
+    connection: Connection, target: Target, dialect: Dialect, work: Callable[[Connection], T], create: bool,
+    prepared: bool = False,
 ) -> T:
-    dialect.prepare(connection, target)
+    if not prepared:
+        dialect.prepare(connection, target)
     if target.schema is not None:
         dialect.use_schema(connection, target, create=create)
     connection.commit()  # Alembic must not see our set-up as an outer transaction

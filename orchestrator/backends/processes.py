@@ -48,7 +48,7 @@ def _worker_main(project: Project, pipe: Connection, parent: int) -> None:
     from orchestrator.operations import Workspace
 
     activate(project)
-    with Workspace(project) as ws:
+    with Workspace(project, keep_sessions=True) as ws:
         while True:
             try:
                 job: Job = pipe.recv()

@@ -303,6 +303,15 @@ class Dialect:
         constraints), without its own name; None where replay is not supported."""
         return None
 
+    #: Can a session be reset to a fresh one's state (:meth:`reset_session`), so that it may
+    #: move from one schema tenant to the next instead of a new connection per tenant?
+    resets_sessions: ClassVar[bool] = False
+
+    def reset_session(self, raw: Any) -> bool:
+        """Reset the driver connection ``raw`` (outside any transaction) to what a new
+        session would be; False where that is not possible."""
+        return False
+
     def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
         """``statement`` with ``parameters`` rendered as literals by the driver ``raw`` (one
         statement per parameter set when ``many``); None where the driver cannot."""

@@ -172,6 +172,20 @@ class PostgreSQL(Dialect):
             tuple(own.sub("", v) if v else "" for v in row) for row in rows if row[0] != ""
         ))  # sorted here, after the cut, and by code points: not by the database's collation
 
+    resets_sessions = True
+
+    def reset_session(self, raw: Any) -> bool:
+        # DISCARD ALL: settings (search_path, timeouts, role), temporary tables, prepared
+        # statements, advisory locks, LISTENs: what a migration may have left behind.
+        if getattr(raw, "autocommit", None) is not False or not hasattr(raw, "execute"):
+            return False  # psycopg 3 only (DISCARD ALL cannot run inside a transaction block)
+        raw.autocommit = True
+        try:
+            raw.execute("DISCARD ALL")
+        finally:
+            raw.autocommit = False
+        return True
+
     def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
         try:
             import psycopg
