@@ -19,9 +19,9 @@ from typing import Any
 
 import alembic
 import alembic.util
-from alembic.runtime.migration import RevisionStep
+from alembic.runtime.migration import HeadMaintainer, RevisionStep
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, bindparam
 from sqlalchemy.schema import CreateTable
 
 #: Alembic releases this module was written and tested against: [SUPPORTED_FROM, SUPPORTED_BELOW).
@@ -33,6 +33,8 @@ PRIVATE_NAMES = (
     (ScriptDirectory, "_upgrade_revs"),    # PRIVATE: the steps of `alembic upgrade REV`
     (ScriptDirectory, "_downgrade_revs"),  # PRIVATE: the steps of `alembic downgrade REV`
     (ScriptDirectory, "_stamp_revs"),      # PRIVATE: the steps of `alembic stamp REV`
+    (HeadMaintainer, "_update_version"),   # PRIVATE: the version UPDATE of each revision (bound here)
+    (HeadMaintainer, "_insert_version"),   # PRIVATE: the version INSERT from base (bound here)
 )
 
 #: Undocumented (public-looking) names this module relies on: a revision file is loaded by
@@ -76,6 +78,51 @@ def check(version: str | None = None, names: tuple[tuple[type, str], ...] = PRIV
 
 check()
 check(names=UNDOCUMENTED_NAMES)
+
+
+# ---------------------------------------------------------------------- the version UPDATE, bound
+
+_update_version = HeadMaintainer._update_version
+_insert_version = HeadMaintainer._insert_version
+
+
+def _bound_update_version(self: Any, from_: str, to_: str) -> None:
+    """HeadMaintainer._update_version with the revisions as bound values: Alembic writes them
+    as literals, so every revision is a new statement that SQLAlchemy compiles again (a third
+    of a live migration's client time on a long history); bound, it is compiled once.
+    Offline (--sql) the literal form is kept: the script must hold the values."""
+    context = self.context
+    if context.as_sql:
+        return _update_version(self, from_, to_)
+    assert to_ not in self.heads
+    self.heads.remove(from_)
+    self.heads.add(to_)
+    version = context._version  # PRIVATE: the MigrationContext's version Table
+    ret = context.impl._exec(  # PRIVATE: how Alembic executes its own statements
+        version.update().values(version_num=bindparam("orchestrate_to", to_))
+        .where(version.c.version_num == bindparam("orchestrate_from", from_))
+    )
+    if context.dialect.supports_sane_rowcount and ret is not None and ret.rowcount != 1:
+        raise alembic.util.CommandError(
+            f"Online migration expected to match one row when updating '{from_}' to '{to_}' in "
+            f"'{context.version_table}'; {ret.rowcount} found"
+        )
+    return None
+
+
+def _bound_insert_version(self: Any, version: str) -> None:
+    """HeadMaintainer._insert_version with the revision as a bound value (see above)."""
+    context = self.context
+    if context.as_sql:
+        return _insert_version(self, version)
+    assert version not in self.heads
+    self.heads.add(version)
+    context.impl._exec(context._version.insert().values(version_num=bindparam("orchestrate_to", version)))  # PRIVATE
+    return None
+
+
+HeadMaintainer._update_version = _bound_update_version  # type: ignore[method-assign]  # PRIVATE
+HeadMaintainer._insert_version = _bound_insert_version  # type: ignore[method-assign]  # PRIVATE
 
 
 def upgrade_steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...]) -> list[Any]:
