@@ -15,26 +15,29 @@ A run, top to bottom::
 from __future__ import annotations
 
 import functools
+import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from alembic.script import Script
+from alembic.script import Script, ScriptDirectory
 
 from orchestrator import inputs, operations, report, rollout, scripts
 from orchestrator import lint as linting
 from orchestrator import plan as planning
 from orchestrator import preflight as preflighting
-from orchestrator.backends import Operation, make_backend
+from orchestrator.backends import Backend, Finished, Job, Operation, make_backend
 from orchestrator.config import Project, activate
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import SelectionError
 from orchestrator.operations import Workspace
 from orchestrator.results import Outcome, Status, TargetResult
 from orchestrator.scheduler import Scheduler
+from orchestrator.session import host_and_pid
 from orchestrator.targets import Target, make_target, targets_of
 
 
@@ -116,10 +119,18 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
         if operation.name in ("upgrade", "downgrade", "stamp"):  # a bad revision argument: exit 2, nothing run
             planning.check_revision(ws.scripts.script, plan, operation.name, str(operation.args[0]))
 
+        # Upgrading to a fixed destination, targets already there are answered from one bulk read.
+        known = _already_there(ws, plan, str(operation.args[0])) if operation.name == "upgrade" and not waves else {}
+
         def scheduler(part: planning.Plan, on_result: Callable[[TargetResult], None] | None) -> Scheduler:
-            parallel = min(options.parallel or project.execution.parallel, max(1, len(part.targets)))
-            backend = make_backend(ws, parallel, options.backend or project.execution.backend,
-                                   options.scheduler or project.execution.scheduler)
+            pending = len(part.targets) - sum(1 for t in part.targets if t.name in known)
+            parallel = min(options.parallel or project.execution.parallel, max(1, pending))
+
+            def make() -> Backend:
+                return make_backend(ws, parallel, options.backend or project.execution.backend,
+                                    options.scheduler or project.execution.scheduler)
+
+            backend: Backend = _Answering(known, make, parallel) if known else make()
 
             def on_stop(reason: str) -> None:  # a backend that queues work of its own stops handing it out too
                 stop = getattr(backend, "stop", None)
@@ -148,6 +159,122 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
     if options.report_path is not None:
         report.write_json(options.report_path, document)
     return RunResult(outcome, document)
+
+
+#: Alembic's relative destinations (``-1``, ``+2``, ``head-1``, ``rev@+1``): never "already there".
+_RELATIVE = re.compile(r"(?:(.+?)@)?(\w+)?([+-]\d+)")
+
+
+def _destination(script: ScriptDirectory, revision: str) -> frozenset[str] | None:
+    """The exact heads ``upgrade revision`` ends at, for ``heads``, ``head`` (one head
+    only) and a revision id, prefix or label; None where that is not a fixed set of
+    revisions (relative, ``@``, a range, base, several heads for ``head``, unknown)."""
+    if revision == "heads":
+        heads = frozenset(script.get_heads())
+        return heads or None
+    if revision == "head":
+        heads = frozenset(script.get_heads())
+        return heads if len(heads) == 1 else None
+    if not revision or revision == "base" or "@" in revision or ":" in revision or _RELATIVE.fullmatch(revision):
+        return None
+    try:
+        found = script.revision_map.get_revisions(revision)
+    except Exception:  # noqa: BLE001 - ambiguous or unknown: the normal path says what is wrong
+        return None
+    revisions = frozenset(r.revision for r in found if r is not None and not isinstance(r, str))
+    return revisions or None
+
+
+def _already_there(ws: Workspace, plan: planning.Plan, revision: str) -> dict[str, TargetResult]:
+    """NOOP results for the tenants already exactly at the destination of ``upgrade
+    revision``, from one bulk read per database (what ``status`` reads): they open no
+    connection of their own, take no lock and run no env.py.
+
+    A target is answered here only when its version table was read and is sound, and holds
+    exactly the destination's heads; everything else (no bulk path for the server or mode,
+    a read that failed, a missing schema or SQLite file, a tenant to create, a broken or
+    unknown version table, a target behind, ahead or elsewhere) takes the normal path.
+
+    The read is a snapshot: a target reported NOOP was at the destination when it was read,
+    which is what ``status`` would have said at that moment. A run that moves it after the
+    read (another upgrade cannot move it further; a downgrade could) is not waited for, as
+    it would not be after a per-target run either.
+    """
+    known: dict[str, TargetResult] = {}
+    for database in plan.databases:
+        targets = [t for t in plan.targets if t.database.name == database.name]
+        if database.tenants is None or not targets:
+            continue
+        try:
+            destination = _destination(ws.scripts.script(database), revision)
+        except Exception:  # noqa: BLE001 - a versions folder that cannot load: its targets fail on their own
+            destination = None
+        if destination is None:
+            continue
+        started = time.perf_counter()
+        heads = operations.bulk_heads(ws, database, targets)
+        elapsed = (time.perf_counter() - started) / len(targets)
+        worker = host_and_pid()
+        for target in targets:
+            found = heads.get(target.name)
+            if found is not None and frozenset(found) == destination and len(found) == len(destination):
+                known[target.name] = TargetResult.for_target(
+                    target, Status.NOOP, before=list(found), after=list(found), duration=elapsed, worker=worker,
+                )
+    return known
+
+
+class _Answering:
+    """A backend in front of the run's own: jobs whose result is already known (targets
+    already at the destination) are answered at once, in the order submitted, without
+    reaching it; the rest go to it. It is made when the first such job comes, so a run
+    with nothing pending starts no worker at all.
+
+    ``capacity`` counts the answered jobs not yet collected on top of the real backend's,
+    so they never take a real job's place and the scheduler hands them all out in a round.
+    """
+
+    def __init__(self, known: dict[str, TargetResult], make: Callable[[], Backend], capacity: int) -> None:
+        self._known = known
+        self._make = make
+        self._capacity = capacity
+        self._inner: Backend | None = None
+        self._ready: list[Finished] = []
+
+    @property
+    def capacity(self) -> int:
+        return (self._inner.capacity if self._inner is not None else self._capacity) + len(self._ready)
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._capacity = value
+
+    def submit(self, job: Job) -> None:
+        result = self._known.get(job.target.name)
+        if result is not None:
+            self._ready.append(Finished(job.key, result))
+            return
+        if self._inner is None:
+            self._inner = self._make()
+        self._inner.submit(job)
+
+    def wait(self, timeout: float) -> list[Finished]:
+        if self._ready:
+            ready, self._ready = self._ready, []
+            return ready
+        return self._inner.wait(timeout) if self._inner is not None else []
+
+    def stop(self) -> None:
+        stop = getattr(self._inner, "stop", None)
+        if stop is not None:
+            stop()
+
+    def abort(self) -> list[int]:
+        return self._inner.abort() if self._inner is not None else []
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
 
 
 def upgrade(project: Project, selection: Selection, options: RunOptions, revision: str = "heads") -> RunResult:
