@@ -553,6 +553,21 @@ def positioned(
                                    version_table_exists=exists, unversioned_tables=unversioned)
 
 
+def _bulk_read(ws: Workspace, database: DatabaseConfig, targets: list[Target],
+               sound_only: bool = False) -> dict[str, list[str] | None] | None:
+    """Target name -> its version table's rows, read in bulk: one connection and a few
+    queries per server for schema tenants, straight read-only file reads for SQLite; None
+    where the server has no such path. A target whose schema is missing maps to None (its
+    file: left out). Raises what the server raised."""
+    dialect = dialect_for(targets[0])
+    if database.tenants is not None and database.tenants.mode == "schema":
+        by_tenant = ws.session(make_target(database)).run(
+            lambda connection: dialect.bulk_versions(connection, database.version_table, targets, sound_only=sound_only)
+        )
+        return {t.name: by_tenant.get(t.tenant or "") for t in targets}
+    return dialect.read_version_tables(targets, database.version_table, sound_only=sound_only)
+
+
 def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]) -> list[TargetResult]:
     """:func:`current` for many targets of one database; schema-per-tenant fleets are read
     in bulk, in one connection and a few queries per server instead of one connection each."""
@@ -563,21 +578,13 @@ def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]
         return [current(ws, t) for t in targets]
     started = time.perf_counter()
     script = ws.scripts.script(database)
-    dialect = dialect_for(targets[0])
-    missing_ok = False
     try:
-        if tenants.mode == "schema":
-            by_tenant = ws.session(make_target(database)).run(
-                lambda connection: dialect.bulk_versions(connection, database.version_table, targets)
-            )
-            versions = {t.name: by_tenant.get(t.tenant or "") for t in targets}
-        else:
-            found = dialect.read_version_tables(targets, database.version_table)
-            if found is None:  # no fast path on this server: one connection per tenant database
-                return [current(ws, t) for t in targets]
-            versions, missing_ok = found, True  # a missing file is a tenant not migrated yet
+        versions = _bulk_read(ws, database, targets)
     except Exception as exc:  # noqa: BLE001 - the server: every target of it failed to read
         return [failure(t, exc) for t in targets]
+    if versions is None:  # no fast path on this server: one connection per tenant database
+        return [current(ws, t) for t in targets]
+    missing_ok = tenants.mode != "schema"  # a missing file is a tenant not migrated yet
     results = []
     for target in targets:
         heads = versions.get(target.name)
@@ -597,33 +604,21 @@ def read_versions(ws: Workspace, database: DatabaseConfig, targets: list[Target]
 
 def bulk_heads(ws: Workspace, database: DatabaseConfig, targets: list[Target]) -> dict[str, list[str]]:
     """Target name -> its version table's revisions, read in bulk as :func:`read_versions`
-    reads them (one connection per server for schema tenants, straight file reads for
-    SQLite), for the targets this read can vouch for: a target is left out when the server
-    has no bulk path, the read failed, its schema or file is missing, or its rows are not
-    something Alembic could work with (:func:`version_rows_problem`,
-    :func:`version_overlap_problem`). Never raises: what it leaves out takes the normal path."""
-    tenants = database.tenants
-    if tenants is None or not targets:
+    reads them, for the targets this read can vouch for: a target is left out when the server
+    has no bulk path, the read failed, its schema or file is missing, its version table is
+    not Alembic's shape, or its rows are not something Alembic could work with
+    (:func:`version_rows_problem`, :func:`version_overlap_problem`). Never raises: what it
+    leaves out takes the normal path."""
+    if database.tenants is None or not targets:
         return {}
     try:
         script = ws.scripts.script(database)
-        dialect = dialect_for(targets[0])
-        found: dict[str, list[str] | None]
-        if tenants.mode == "schema":
-            by_tenant = ws.session(make_target(database)).run(
-                lambda connection: dialect.bulk_versions(connection, database.version_table, targets)
-            )
-            found = {t.name: by_tenant.get(t.tenant or "") for t in targets}
-        else:
-            read = dialect.read_version_tables(targets, database.version_table)
-            if read is None:
-                return {}
-            found = read
+        found = _bulk_read(ws, database, targets, sound_only=True)
     except Exception:  # noqa: BLE001 - unknown here: each target reads (and reports) it on its own
         return {}
     return {
         name: sorted(heads, key=str)
-        for name, heads in found.items()
+        for name, heads in (found or {}).items()
         if heads is not None and not (version_rows_problem(heads) or version_overlap_problem(script, heads))
     }
 

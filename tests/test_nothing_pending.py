@@ -290,3 +290,25 @@ def test_stamp_and_downgrade_keep_the_per_target_path(fleet_of, make_project, tm
         opened.sessions.clear()
         run(project, command, REV_C)  # already there: still each target's own, locked session
         assert len([n for n in opened.sessions if n != "shops"]) == COUNT, command
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "pg"])
+@pytest.mark.parametrize("shape", ["view", "extra column"])
+def test_a_version_table_of_the_wrong_shape_is_not_answered_in_bulk(kind, shape, fleet_of, make_project,
+                                                                     tmp_path) -> None:
+    """The bulk read vouches only for Alembic's own table: a tenant whose "version table" is
+    a view (or has columns Alembic's has not) holding the head still gets its own read, and
+    the error that says what is wrong, as before."""
+    fleet = fleet_of(kind)
+    project = project_for(make_project, fleet)
+    upgrade_report(project, tmp_path, name="first")
+    odd = fleet.tenants[3]
+    if shape == "view":
+        fleet.execute_in(odd, "ALTER TABLE alembic_version RENAME TO real_versions",
+                         "CREATE VIEW alembic_version AS SELECT version_num FROM real_versions")
+    else:
+        fleet.execute_in(odd, "ALTER TABLE alembic_version ADD COLUMN note VARCHAR(20)")
+    again = by_tenant(upgrade_report(project, tmp_path, code=1, name="again"))
+    assert again[odd]["status"] == "failed", again[odd]
+    assert ("is a view" if shape == "view" else "columns that Alembic's version table does not have") in again[odd]["error"]
+    assert {t["status"] for name, t in again.items() if name != odd} == {"noop"}

@@ -226,11 +226,13 @@ class Dialect:
         return None
 
     def bulk_versions(
-        self, connection: Connection, version_table: str, targets: list[Target]
+        self, connection: Connection, version_table: str, targets: list[Target], *, sound_only: bool = False
     ) -> dict[str, list[str]]:
         """tenant -> revisions, for schema-per-tenant targets on one server, read in a few
         queries; a tenant whose schema (MySQL: database) is missing is left out, one with
-        no version table maps to []. information_schema serves PostgreSQL and MySQL alike."""
+        no version table maps to []. information_schema serves PostgreSQL and MySQL alike.
+        ``sound_only``: also leave out a tenant whose version table is not Alembic's shape
+        (a view, other columns, a version_num that is not text): its own read says why."""
         containers = {self.own_name(t) or "": t.tenant or "" for t in targets}  # its schema or database
         names: Any = bindparam("names", expanding=True)
         existing = set(connection.execute(
@@ -242,6 +244,19 @@ class Dialect:
                  "WHERE table_name = :table AND table_schema IN :names").bindparams(names),
             {"table": version_table, "names": sorted(existing)},
         ).scalars()) if existing else set()
+        if sound_only and versioned:
+            columns: dict[str, list[tuple[str, str, str]]] = {}
+            for schema, table_type, column, data_type in connection.execute(
+                text("SELECT t.table_schema, t.table_type, c.column_name, c.data_type FROM information_schema.tables t "
+                     "LEFT JOIN information_schema.columns c ON c.table_schema = t.table_schema "
+                     "AND c.table_name = t.table_name WHERE t.table_name = :table AND t.table_schema IN :names"
+                     ).bindparams(names), {"table": version_table, "names": sorted(versioned)},
+            ):
+                columns.setdefault(schema, []).append((table_type, str(column), str(data_type).lower()))
+            unsound = {schema for schema, cols in columns.items() if len(cols) != 1 or cols[0][0] != "BASE TABLE"
+                       or cols[0][1] != "version_num" or not any(w in cols[0][2] for w in ("char", "text"))}
+            existing -= unsound
+            versioned -= unsound
         found: dict[str, list[str]] = {containers[c]: [] for c in existing}
         quote = connection.dialect.identifier_preparer.quote_identifier
         chunk = sorted(versioned)
@@ -293,9 +308,11 @@ class Dialect:
         """What an offline (--sql) script must run first for this target (e.g. pick its schema)."""
         return ""
 
-    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
+    def read_version_tables(self, targets: list[Target], version_table: str, *,
+                            sound_only: bool = False) -> dict[str, list[str] | None] | None:
         """Target name -> revisions, read in bulk without the ceremony of a migration
-        connection; None where this server has no such fast path."""
+        connection; None where this server has no such fast path (``sound_only``: see
+        :meth:`bulk_versions`)."""
         return None
 
     def schema_fingerprint(self, connection: Connection) -> str | None:

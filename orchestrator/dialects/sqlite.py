@@ -143,8 +143,10 @@ class SQLite(Dialect):
     def is_catalog_query(self, statement: str) -> bool:
         return bool(self._CATALOG.match(statement))
 
-    def read_version_tables(self, targets: list[Target], version_table: str) -> dict[str, list[str] | None] | None:
-        """Read-only, straight through sqlite3: a missing file stays missing (None)."""
+    def read_version_tables(self, targets: list[Target], version_table: str, *,
+                            sound_only: bool = False) -> dict[str, list[str] | None] | None:
+        """Read-only, straight through sqlite3: a missing file stays missing (None); with
+        ``sound_only`` a version table that is not Alembic's shape is left out."""
         import sqlite3
 
         found: dict[str, list[str] | None] = {}
@@ -158,6 +160,8 @@ class SQLite(Dialect):
                 continue
             connection = sqlite3.connect(f"{Path(database).as_uri()}?mode=ro", uri=True, timeout=5)
             try:
+                if sound_only and not _sound_version_table(connection, version_table):
+                    continue
                 found[target.name] = sorted((row[0] for row in connection.execute(query)), key=str)
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
@@ -219,6 +223,16 @@ class SQLite(Dialect):
                 os.close(fd)
 
         return MigrationLock(release)
+
+
+def _sound_version_table(connection: Any, table: str) -> bool:
+    """Is ``table`` absent, or a table whose only column is a text version_num? (sqlite3)"""
+    kind = connection.execute("SELECT type FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    if kind is None:
+        return True
+    columns = connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
+    return kind[0] == "table" and len(columns) == 1 and columns[0][0] == "version_num" and any(
+        word in str(columns[0][1]).upper() for word in ("CHAR", "TEXT", "CLOB"))
 
 
 def rollback_open_transaction(connection: Connection) -> None:
