@@ -59,8 +59,9 @@ class Workspace:
         self.scripts = ScriptCache(project)
         self.engines = Engines(keep_sessions=keep_sessions)
         self.replayer = Replayer()
-        #: Schema fingerprints whose version table passed the shape check: a tenant with the
-        #: same fingerprint has the same table, so it needs no catalog reads to say so.
+        #: Schema fingerprints that passed the checks before an upgrade (the version table's
+        #: shape; no model tables without a version table): a tenant with the same fingerprint
+        #: has the same tables, so it needs no catalog reads to say so.
         self.shapes_ok: set[str] = set()
 
     def session(self, target: Target, *, lock: bool = False, create: bool = False) -> Session:
@@ -322,11 +323,11 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
             replay.fingerprint, replay.fingerprinted = dialect.schema_fingerprint(connection), True
             known = replay.fingerprint is not None and replay.fingerprint in ws.shapes_ok
         tracker.before = current_heads(connection, target, script, shape=not known)
-        if replay is not None and replay.fingerprint is not None:
-            ws.shapes_ok.add(replay.fingerprint)
         unversioned = not tracker.before and not version_table_exists(connection, target)
-        if upgrading and unversioned:
+        if upgrading and unversioned and not known:
             refuse_unversioned(connection, target)
+        if replay is not None and replay.fingerprint is not None and upgrading:
+            ws.shapes_ok.add(replay.fingerprint)  # the same schema passes the same checks
         if not upgrading and len(tracker.before) > 1 and revision.startswith("-"):
             raise TargetError(
                 f"{target.name}: `downgrade {revision}` is ambiguous from the heads {', '.join(tracker.before)}",
