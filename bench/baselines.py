@@ -6,6 +6,7 @@ included, like every other mode):
         with a fresh Config each time (as a script looping over tenants would);
     python bench/baselines.py floor sqlite     SQL_FILE TARGETS_FILE
     python bench/baselines.py floor postgresql SQL_FILE TARGETS_FILE
+    python bench/baselines.py floor mysql      SQL_FILE TARGETS_FILE
         the raw SQL of the history (rendered once by ``orchestrate upgrade --sql``) executed
         per tenant on a fresh connection: what the migrations cost with no tool at all.
         With a last argument ``--fast`` (untimed set-up of fleets at head), commits do not
@@ -13,7 +14,7 @@ included, like every other mode):
 
 TARGETS_FILE holds one tenant per line, ``URL<TAB>SCHEMA`` (the schema empty for SQLite;
 for ``floor sqlite`` the URL is the SQLite file's path, for ``floor postgresql`` a libpq
-conninfo).
+conninfo; for ``floor mysql`` a SQLAlchemy URL naming the tenant's database, the schema empty).
 """
 from __future__ import annotations
 
@@ -68,6 +69,25 @@ def floor(backend: str, sql_file: str, targets_file: str, fast: bool = False) ->
                     connection.execute("SET synchronous_commit TO off")
                 connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
                 connection.execute(script.encode())  # no parameters: sent as is, statements and all
+    elif backend == "mysql":
+        import pymysql
+        from pymysql.constants import CLIENT
+        from sqlalchemy.engine import make_url
+
+        for url, _ in targets:
+            u = make_url(url)
+            connection = pymysql.connect(
+                host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root", password=u.password or "",
+                database=u.database, autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS,
+            )
+            try:
+                with connection.cursor() as cursor:
+                    # One round trip for the whole script; every result read, as a client must.
+                    cursor.execute(script)
+                    while cursor.nextset():
+                        pass
+            finally:
+                connection.close()
     else:
         raise SystemExit(f"unknown backend {backend}")
 

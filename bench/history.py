@@ -1,6 +1,7 @@
 """The benchmark's migration history: 40 linear revisions of a small multi-tenant SaaS schema.
 
-Realistic operations that run unchanged on SQLite and PostgreSQL, online and offline:
+Realistic operations that run on SQLite, PostgreSQL and MariaDB, online and offline
+(two data migrations concatenate with CONCAT() on MariaDB, || elsewhere):
 tables with foreign keys, indexes (plain, unique, composite), columns added, altered,
 renamed and dropped, a CHECK constraint, a table rename, and data migrations (seed rows
 with ``op.bulk_insert``, ``INSERT ... SELECT``, ``UPDATE``).
@@ -92,9 +93,11 @@ REVISIONS: list[tuple[str, str, str]] = [
     op.create_index("ix_tasks_project_done", "tasks", ["project_id", "done"])
 """, ""),
     ("a default project per account (data)", """
+    mysql = op.get_context().dialect.name == "mysql"  # MariaDB/MySQL concatenate with CONCAT(), not ||
+    named = "CONCAT(name, ' main')" if mysql else "name || ' main'"
     op.execute(
         "INSERT INTO projects (account_id, name, description) "
-        "SELECT id, name || ' main', 'default project' FROM accounts"
+        f"SELECT id, {named}, 'default project' FROM accounts"
     )
 """, ""),
     ("users.status not null, default active", """
@@ -168,8 +171,10 @@ def _tasks() -> sa.Table:
     )
 """),
     ("kick-off tasks and tags (data)", """
+    mysql = op.get_context().dialect.name == "mysql"  # MariaDB/MySQL concatenate with CONCAT(), not ||
+    title = "CONCAT('Kick-off for ', name)" if mysql else "'Kick-off for ' || name"
     op.execute(
-        "INSERT INTO tasks (project_id, title) SELECT id, 'Kick-off for ' || name FROM projects"
+        f"INSERT INTO tasks (project_id, title) SELECT id, {title} FROM projects"
     )
     tags = sa.table("tags", sa.column("id", sa.Integer), sa.column("name", sa.String))
     op.bulk_insert(tags, [{"id": 1, "name": "urgent"}, {"id": 2, "name": "later"}, {"id": 3, "name": "billing"}])
@@ -258,8 +263,9 @@ def _users() -> sa.Table:
     )
 """),
     ("index users (account_id, status) replaces users.account_id", """
-    op.drop_index("ix_users_account_id", table_name="users")
+    # The new index first: MariaDB refuses to drop the only index its foreign key can use.
     op.create_index("ix_users_account_status", "users", ["account_id", "status"])
+    op.drop_index("ix_users_account_id", table_name="users")
 """, ""),
     ("audit the plans (data)", """
     op.execute(
@@ -338,11 +344,11 @@ def _accounts() -> sa.Table:
     op.create_table(
         "settings",
         sa.Column("account_id", sa.Integer(), sa.ForeignKey("accounts.id"), nullable=False),
-        sa.Column("key", sa.String(50), nullable=False),
+        sa.Column("setting", sa.String(50), nullable=False),
         sa.Column("value", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("account_id", "key", name="pk_settings"),
+        sa.PrimaryKeyConstraint("account_id", "setting", name="pk_settings"),
     )
-    op.execute("INSERT INTO settings (account_id, key, value) SELECT id, 'theme', 'light' FROM accounts")
+    op.execute("INSERT INTO settings (account_id, setting, value) SELECT id, 'theme', 'light' FROM accounts")
 """, ""),
     ("rename audit_log to events", """
     op.rename_table("audit_log", "events")
@@ -354,6 +360,8 @@ def _accounts() -> sa.Table:
 """, ""),
     ("drop tasks.done", """
     with op.batch_alter_table("tasks", copy_from=_tasks() if context.is_offline_mode() else None) as batch_op:
+        # An index of its own for the foreign key first: MariaDB refuses to drop the one it uses.
+        batch_op.create_index("ix_tasks_project_id", ["project_id"])
         batch_op.drop_index("ix_tasks_project_done")
         batch_op.drop_column("done")
 """, """
