@@ -245,16 +245,7 @@ class Dialect:
             {"table": version_table, "names": sorted(existing)},
         ).scalars()) if existing else set()
         if sound_only and versioned:
-            columns: dict[str, list[tuple[str, str, str]]] = {}
-            for schema, table_type, column, data_type in connection.execute(
-                text("SELECT t.table_schema, t.table_type, c.column_name, c.data_type FROM information_schema.tables t "
-                     "LEFT JOIN information_schema.columns c ON c.table_schema = t.table_schema "
-                     "AND c.table_name = t.table_name WHERE t.table_name = :table AND t.table_schema IN :names"
-                     ).bindparams(names), {"table": version_table, "names": sorted(versioned)},
-            ):
-                columns.setdefault(schema, []).append((table_type, str(column), str(data_type).lower()))
-            unsound = {schema for schema, cols in columns.items() if len(cols) != 1 or cols[0][0] != "BASE TABLE"
-                       or cols[0][1] != "version_num" or not any(w in cols[0][2] for w in ("char", "text"))}
+            unsound = self.odd_version_tables(connection, version_table, sorted(versioned))
             existing -= unsound
             versioned -= unsound
         found: dict[str, list[str]] = {containers[c]: [] for c in existing}
@@ -272,6 +263,21 @@ class Dialect:
                 found[containers[container]].append(version)
         connection.rollback()
         return {tenant: sorted(revs, key=str) for tenant, revs in found.items()}  # a NULL row is checked later
+
+    def odd_version_tables(self, connection: Connection, version_table: str, containers: list[str]) -> set[str]:
+        """Of ``containers`` (schemas / databases) holding ``version_table``, those where it is
+        not Alembic's shape: a view, other columns, a version_num that is not text."""
+        columns: dict[str, list[tuple[str, str, str]]] = {}
+        names: Any = bindparam("names", expanding=True)
+        for schema, table_type, column, data_type in connection.execute(
+            text("SELECT t.table_schema, t.table_type, c.column_name, c.data_type FROM information_schema.tables t "
+                 "LEFT JOIN information_schema.columns c ON c.table_schema = t.table_schema "
+                 "AND c.table_name = t.table_name WHERE t.table_name = :table AND t.table_schema IN :names"
+                 ).bindparams(names), {"table": version_table, "names": containers},
+        ):
+            columns.setdefault(schema, []).append((table_type, str(column), str(data_type).lower()))
+        return {schema for schema, cols in columns.items() if len(cols) != 1 or cols[0][0] != "BASE TABLE"
+                or cols[0][1] != "version_num" or not any(w in cols[0][2] for w in ("char", "text"))}
 
     def install(self, engine: Engine, target: Target) -> None:
         """Hook into a new (sync) engine before its first connection."""

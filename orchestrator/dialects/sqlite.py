@@ -134,11 +134,22 @@ class SQLite(Dialect):
                 cursor.execute(sql)
                 return [tuple(row) for row in cursor.fetchall()]
 
-            objects = rows(self._OBJECTS)
+            objects = sorted(rows(self._OBJECTS), key=repr)
+            # sqlite_master's text is the whole schema (SQLite rebuilds it from that text): a
+            # text seen before has the canonical digest computed then. A fleet migrated by one
+            # process writes the same text, so the four catalog reads are paid once per shape.
+            raw = digest(objects)
+            known = _CANONICAL.get(raw)
+            if known is not None:
+                return known
             columns, indexes, keys = rows(self._COLUMNS), rows(self._INDEXES), rows(self._FOREIGN_KEYS)
         finally:
             cursor.close()
-        return digest(canonical_schema(objects, columns, indexes, keys))
+        canonical = digest(canonical_schema(objects, columns, indexes, keys))
+        if len(_CANONICAL) >= 4096:
+            _CANONICAL.clear()
+        _CANONICAL[raw] = canonical
+        return canonical
 
     def is_catalog_query(self, statement: str) -> bool:
         return bool(self._CATALOG.match(statement))
@@ -223,6 +234,10 @@ class SQLite(Dialect):
                 os.close(fd)
 
         return MigrationLock(release)
+
+
+#: sqlite_master digest -> canonical schema digest (see SQLite.schema_fingerprint).
+_CANONICAL: dict[str, str] = {}
 
 
 def _sound_version_table(connection: Any, table: str) -> bool:
