@@ -155,17 +155,18 @@ def current_heads(
         problem = version_table_shape_problem(connection, target)
         if problem:
             raise broken_version_table(target, problem, shape=True)
-    found = version_rows(connection, target.database.version_table)
+    found = version_rows(connection, target)
     problem = (version_rows_problem(found) or version_overlap_problem(script, found)) if rows else None
     if problem:
         raise broken_version_table(target, problem)
     return sorted(found, key=str)
 
 
-def version_rows(connection: Connection, table: str) -> list[Any]:
-    """The rows of the version table ``table`` as they are (none when there is no table):
+def version_rows(connection: Connection, target: Target) -> list[Any]:
+    """The rows of the target's version table as they are (none when there is no table):
     what ``MigrationContext.get_current_heads`` reads, through one compiled statement."""
-    if not inspect(connection).has_table(table):
+    table = target.database.version_table
+    if not dialect_for(target).has_table(connection, table):
         return []
     version = alembic_compat.version_table(table)
     return list(connection.execute(select(version.c.version_num)).scalars())
@@ -239,7 +240,7 @@ def broken_version_table(target: Target, problem: str, shape: bool = False) -> T
 
 
 def version_table_exists(connection: Connection, target: Target) -> bool:
-    return bool(inspect(connection).has_table(target.database.version_table))
+    return dialect_for(target).has_table(connection, target.database.version_table)
 
 
 def read_after(ws: Workspace, target: Target, connection: Connection | None) -> list[str] | None:

@@ -264,6 +264,12 @@ class Dialect:
         connection.rollback()
         return {tenant: sorted(revs, key=str) for tenant, revs in found.items()}  # a NULL row is checked later
 
+    def has_table(self, connection: Connection, name: str) -> bool:
+        """Does the connection's own schema (the tenant's) hold a table or view ``name``?"""
+        from sqlalchemy import inspect
+
+        return bool(inspect(connection).has_table(name))
+
     def odd_version_tables(self, connection: Connection, version_table: str, containers: list[str]) -> set[str]:
         """Of ``containers`` (schemas / databases) holding ``version_table``, those where it is
         not Alembic's shape: a view, other columns, a version_num that is not text."""

@@ -186,6 +186,14 @@ class PostgreSQL(Dialect):
             raw.autocommit = False
         return True
 
+    def has_table(self, connection: Connection, name: str) -> bool:
+        # Resolved through the search_path (the tenant's schema), as an unqualified name is:
+        # one index probe, where a lookup by name visits that name in every schema of the fleet.
+        found = connection.execute(text(
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass(quote_ident(:name)) "
+            "AND c.relnamespace <> 'pg_catalog'::regnamespace"), {"name": name}).scalar()
+        return found in ("r", "p", "v", "m", "f")
+
     def odd_version_tables(self, connection: Connection, version_table: str, containers: list[str]) -> set[str]:
         # pg_catalog, by relname (indexed): information_schema's views check privileges row by row.
         rows = connection.execute(text(
