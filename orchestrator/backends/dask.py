@@ -11,8 +11,9 @@ worker and hands back the :class:`~orchestrator.results.TargetResult`.
   an in-memory archive of env.py's folder, every version location and the top-level
   packages under ``sys_path`` that hold the ``metadata:`` modules. A worker unpacks it
   into a temporary folder, points the project's paths there, activates it and keeps one
-  :class:`~orchestrator.operations.Workspace` (warm ScriptDirectories, engines) for every
-  target it runs. A worker started in an empty folder on another machine works; SQLite
+  :class:`~orchestrator.operations.Workspace` (warm ScriptDirectories, engines, and in
+  schema mode one PostgreSQL session moved from tenant to tenant, as a process worker
+  does) for every target it runs. A worker started in an empty folder on another machine works; SQLite
   files must be reachable at the same path there (a shared disk), servers by their URL.
 - **One target at a time per worker process** (Alembic's module-level proxies are not
   thread-safe): the plugin's lock serialises jobs. ``capacity`` is two jobs per worker:
@@ -229,7 +230,9 @@ class ProjectPlugin(_WorkerPlugin):
         self.project = relocate(self.project, self.folder, self.places)
         self._forget_modules()  # an earlier run on this worker may have imported older copies
         activate(self.project)
-        self.ws = Workspace(self.project)
+        # one target at a time here, as in a process worker: a schema tenant's session may
+        # move on to the next tenant (reset in between) instead of connecting per tenant
+        self.ws = Workspace(self.project, keep_sessions=True)
 
     def _shipped_modules(self) -> set[str]:
         with tarfile.open(fileobj=io.BytesIO(self.archive), mode="r:gz") as archive:
