@@ -236,18 +236,22 @@ class PostgreSQL(Dialect):
 
     def use_schema(self, connection: Connection, target: Target, create: bool) -> None:
         schema = target.schema or ""
-        exists = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
-        if not exists:
-            if not create:
-                raise TargetError(
-                    f"{target.name}: schema {schema!r} does not exist in {target.display_url}",
-                    hint="create it, or set `create: true` under the database's `tenants:`",
-                )
-            # no_parameters: the driver sends the text as it is, so `pct%s` is not spelled `pct%%s`
-            connection.execution_options(no_parameters=True).exec_driver_sql(
-                f"CREATE SCHEMA IF NOT EXISTS {ansi_quote(schema)}")  # (the preparer would double % too)
         # Only the tenant's schema: an unqualified name can never reach another tenant's table.
-        connection.execute(text("SELECT set_config('search_path', quote_ident(:s), false)"), {"s": schema})
+        # Set in the same round trip as the check (names are looked up when used, so a schema
+        # created just after is the one found).
+        exists = connection.execute(text(
+            "SELECT set_config('search_path', quote_ident(:s), false), "
+            "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}).one()[1]
+        if exists:
+            return
+        if not create:
+            raise TargetError(
+                f"{target.name}: schema {schema!r} does not exist in {target.display_url}",
+                hint="create it, or set `create: true` under the database's `tenants:`",
+            )
+        # no_parameters: the driver sends the text as it is, so `pct%s` is not spelled `pct%%s`
+        connection.execution_options(no_parameters=True).exec_driver_sql(
+            f"CREATE SCHEMA IF NOT EXISTS {ansi_quote(schema)}")  # (the preparer would double % too)
 
     @staticmethod
     def _key(target: Target) -> int:
@@ -258,13 +262,11 @@ class PostgreSQL(Dialect):
         key = self._key(target)
         # Name this run in pg_stat_activity, so that a run kept waiting can say who holds the
         # lock (unless the URL chose an application_name of its own).
-        connection.execute(
-            text("SELECT set_config('application_name', :v, false) WHERE current_setting('application_name') = ''"),
-            {"v": lock_owner()},
-        )
+        name = text("SELECT CASE WHEN current_setting('application_name') = '' "
+                    "THEN set_config('application_name', :v, false) END, pg_try_advisory_lock(:k)")
         started = time.monotonic()
         while True:
-            got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            got = connection.execute(name, {"v": lock_owner(), "k": key}).one()[1]
             connection.commit()  # a session lock outlives the transaction; don't sit idle in one
             if got:
                 break
@@ -301,21 +303,19 @@ class PostgreSQL(Dialect):
         return " ".join(parts)
 
     def prepare(self, connection: Connection, target: Target) -> None:
-        pid, version = connection.execute(
-            text("SELECT pg_backend_pid(), current_setting('server_version_num')::int")
-        ).one()
-        connection.info[BACKEND_ID_KEY] = pid
+        # One round trip: the backend's pid (for blocker reports), the timeouts, and on 14+
+        # client_connection_check_interval (a run killed in the middle of a long statement
+        # must not leave its backend working, and holding locks, until the statement ends).
         timeout_ms = max(1, int(target.database.lock_timeout * 1000))  # 0 would mean "wait forever"
-        connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": f"{timeout_ms}ms"})
-        if target.database.statement_timeout:
-            statement_ms = max(1, int(target.database.statement_timeout * 1000))
-            connection.execute(text("SELECT set_config('statement_timeout', :v, false)"), {"v": f"{statement_ms}ms"})
-        if version >= 140000:
-            # A run killed in the middle of a long statement must not leave its backend
-            # working (and holding locks) until the statement ends.
-            connection.execute(
-                text("SELECT set_config('client_connection_check_interval', :v, false)"), {"v": CLIENT_CHECK_INTERVAL}
-            )
+        statement_ms = max(1, int(target.database.statement_timeout * 1000)) if target.database.statement_timeout else 0
+        pid = connection.execute(text(
+            "SELECT pg_backend_pid(), set_config('lock_timeout', :lock, false), "
+            "CASE WHEN :statement <> '' THEN set_config('statement_timeout', :statement, false) END, "
+            "CASE WHEN current_setting('server_version_num')::int >= 140000 "
+            "THEN set_config('client_connection_check_interval', :check, false) END"
+        ), {"lock": f"{timeout_ms}ms", "statement": f"{statement_ms}ms" if statement_ms else "",
+            "check": CLIENT_CHECK_INTERVAL}).scalar()
+        connection.info[BACKEND_ID_KEY] = pid
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         # 55P03 lock_not_available: lock_timeout ran out (or NOWAIT found the lock taken).
