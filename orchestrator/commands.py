@@ -265,9 +265,8 @@ class _Answering:
         return self._inner.wait(timeout) if self._inner is not None else []
 
     def stop(self) -> None:
-        stop = getattr(self._inner, "stop", None)
-        if stop is not None:
-            stop()
+        if self._inner is not None:
+            self._inner.stop()
 
     def abort(self) -> list[int]:
         return self._inner.abort() if self._inner is not None else []

@@ -32,15 +32,18 @@ Recover = Callable[[Operation, Target, str, Status], TargetResult]
 class Stop:
     """First SIGINT/SIGTERM: stop handing out targets. Second SIGINT: abort (KeyboardInterrupt)."""
 
-    def __init__(self, on_stop: Callable[[str], None] | None) -> None:
+    def __init__(self, on_stop: Callable[[str], None] | None, backend_stop: Callable[[], None] | None = None) -> None:
         self.requested = False
         self.by_signal = False
         self.reason = ""
         self._on_stop = on_stop
+        self._backend_stop = backend_stop
 
     def request(self, reason: str, by_signal: bool = False) -> None:
         if not self.requested:
             self.requested, self.reason, self.by_signal = True, reason, by_signal
+            if self._backend_stop:
+                self._backend_stop()  # whatever the reason: jobs queued on workers do not start
             if self._on_stop:
                 self._on_stop(reason)
 
@@ -85,7 +88,7 @@ class Scheduler:
         self.fail_fast = fail_fast
         self.cancelled = cancelled
         self.outcome = Outcome()
-        self.stop = Stop(on_stop)
+        self.stop = Stop(on_stop, backend.stop)
         self.queues: dict[str, deque[Target]] = {db.name: deque() for db in plan.databases}
         for target in plan.targets:
             self.queues[target.database.name].append(target)

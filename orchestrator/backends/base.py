@@ -65,6 +65,11 @@ class Backend(Protocol):
     def wait(self, timeout: float) -> list[Finished]:
         """Jobs finished since the last call; waits up to ``timeout`` for the first."""
 
+    def stop(self) -> None:
+        """The run stops handing out targets (first Ctrl-C, SIGTERM, --fail-fast, a cancelled
+        caller): jobs submitted but not started must not start. Only sets a flag (it may be
+        called from a signal handler)."""
+
     def abort(self) -> list[int]:
         """Stop at once (second Ctrl-C): kill what runs; return the keys that were running."""
 

@@ -48,7 +48,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import tarfile
 import tempfile
 import threading
@@ -346,7 +345,6 @@ class DaskBackend:
         self._servers: dict[int, str] = {}
         self._stopping = False
         self._told_workers = False
-        self._chained: dict[int, Any] = {}  # signal -> the handler ours wraps
         self._closed = False
         self._markers: list[str] = []
         self._workers = 0
@@ -380,8 +378,6 @@ class DaskBackend:
     # -- the protocol
 
     def submit(self, job: Job) -> None:
-        if not self._chained:
-            self._chain_signals()
         self._jobs[job.key] = job
         if self._may_start(job) and not self._waiting:
             self._start(job)
@@ -414,33 +410,6 @@ class DaskBackend:
         """Stop handing out (first Ctrl-C): jobs not started yet come back NOT_RUN.
         Only sets a flag: it may be called from a signal handler."""
         self._stopping = True
-
-    def _chain_signals(self) -> None:
-        """Hear the run's first Ctrl-C / SIGTERM (the scheduler's handlers stay in charge):
-        jobs queued on workers must not start after it."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            if not callable(previous):
-                continue  # no run handler to chain (the default would end the process anyway)
-
-            def on_signal(number: int, frame: Any, previous: Any = previous) -> None:
-                self.stop()
-                previous(number, frame)
-
-            self._chained[signum] = (previous, on_signal)
-            signal.signal(signum, on_signal)
-        if not self._chained:
-            self._chained[0] = None  # nothing chained: do not look again
-
-    def _unchain_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, pair in self._chained.items():
-            if pair is not None and signal.getsignal(signum) is pair[1]:
-                signal.signal(signum, pair[0])  # the run's handler is still the one we wrapped
-        self._chained.clear()
 
     def _tell_workers(self) -> None:
         """The run is stopped: a job queued on a worker returns NOT_RUN instead of starting."""
@@ -537,7 +506,6 @@ class DaskBackend:
         if self._closed:
             return
         self._closed = True
-        self._unchain_signals()
         for future in self._futures.values():
             future.cancel()
         self._futures.clear()

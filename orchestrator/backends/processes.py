@@ -129,6 +129,9 @@ class ProcessBackend:
         worker.pipe.close()
         self._workers = [w for w in self._workers if w is not worker]
 
+    def stop(self) -> None:
+        pass  # never more submitted than runs: nothing is queued behind a running job
+
     def abort(self) -> list[int]:
         keys = [w.job.key for w in self._workers if w.job is not None]
         for worker in self._workers:

@@ -23,6 +23,9 @@ class SerialBackend:
         job = self._queued.pop(0)
         return [Finished(job.key, job.operation.apply(self.ws, job.target))]
 
+    def stop(self) -> None:
+        pass  # never more submitted than runs: nothing is queued behind a running job
+
     def abort(self) -> list[int]:
         keys = [job.key for job in self._queued]
         self._queued.clear()
