@@ -398,3 +398,32 @@ def test_an_unreachable_scheduler_is_an_error_naming_it(shop) -> None:
                       env={"ORCHESTRATE_DASK_CONNECT_TIMEOUT": "2"})
     assert result.exit_code != 0
     assert "tcp://127.0.0.1:9" in result.stderr
+
+
+def test_x_arguments_reach_env_py_on_the_workers(cluster, make_project, tmp_path) -> None:
+    """`orchestrate -x KEY=VALUE ... --backend dask`: a revision on a worker reads the same
+    `context.get_x_argument()` as it would in a local run."""
+    project = make_project({"databases": {"app": {"url": "sqlite:///var/{tenant}.db",
+                                                  "tenants": {"mode": "database", "names": ["xa", "xb", "xc"]}}}},
+                           versions=False, init=False)
+    (project.root / "var").mkdir()
+    folder = project.root / "versions" / "app"
+    folder.mkdir(parents=True)
+    (folder / "x1_marks.py").write_text(
+        '"""marks"""\nfrom alembic import context, op\nimport sqlalchemy as sa\n\n'
+        'revision = "x1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade() -> None:\n"
+        '    op.create_table("marks", sa.Column("mark", sa.String(40)))\n'
+        '    op.execute(sa.text("INSERT INTO marks (mark) VALUES (:m)").bindparams(\n'
+        '        m=context.get_x_argument(as_dictionary=True).get("mark", "none")))\n\n\n'
+        "def downgrade() -> None:\n    pass\n",
+        encoding="utf-8",
+    )
+    assert project.cli("init").exit_code == 0
+    document = cli(project, "-x", "mark=from-the-client", "upgrade", "--all", "--backend", "dask",
+                   "--scheduler", cluster.address)
+    assert document["counts"] == {"upgraded": 3}
+    assert {t["worker"]["pid"] for t in document["targets"]} <= cluster.worker_pids()
+    for tenant in ("xa", "xb", "xc"):
+        marks = sqlite3.connect(project.root / "var" / f"{tenant}.db").execute("SELECT mark FROM marks").fetchall()
+        assert marks == [("from-the-client",)], tenant

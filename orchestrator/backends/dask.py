@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import queue
@@ -201,10 +202,13 @@ class ProjectPlugin(_WorkerPlugin):
 
     idempotent = False
 
-    def __init__(self, project: Project, archive: bytes, places: dict[str, str]) -> None:
+    def __init__(self, project: Project, archive: bytes, places: dict[str, str], x: list[str] | None = None) -> None:
+        from orchestrator.env import x_arguments
+
         self.project = project
         self.archive = archive
         self.places = places
+        self.x = x_arguments() if x is None else x  # the run's -x arguments, for env.py on the workers
         self.folder: Path | None = None
         self.ws: Workspace | None = None
         self.lock = threading.Lock()
@@ -214,10 +218,10 @@ class ProjectPlugin(_WorkerPlugin):
         return f"<orchestrate project plugin: {self.project.path.name}, {len(self.archive)} bytes of files>"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"project": self.project, "archive": self.archive, "places": self.places}
+        return {"project": self.project, "archive": self.archive, "places": self.places, "x": self.x}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["project"], state["archive"], state["places"])  # type: ignore[misc]
+        self.__init__(state["project"], state["archive"], state["places"], state.get("x", []))  # type: ignore[misc]
 
     def setup(self, worker: Any = None) -> None:
         from orchestrator.config import activate
@@ -229,6 +233,13 @@ class ProjectPlugin(_WorkerPlugin):
         self.project = relocate(self.project, self.folder, self.places)
         self._forget_modules()  # an earlier run on this worker may have imported older copies
         activate(self.project)
+        from orchestrator.env import X_ENV
+
+        # context.get_x_argument() in env.py sees on a worker what it sees locally
+        if self.x:
+            os.environ[X_ENV] = json.dumps(self.x)
+        else:
+            os.environ.pop(X_ENV, None)
         # one target at a time here, as in a process worker: a schema tenant's session may
         # move on to the next tenant (reset in between) instead of connecting per tenant
         self.ws = Workspace(self.project, keep_sessions=True)
