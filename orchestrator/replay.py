@@ -21,6 +21,8 @@ A recording is never made (the revision always runs live) when:
 - a statement names the tenant's own schema or database (its real name on the server);
 - the revision commits inside itself (``autocommit_block()``, e.g. PostgreSQL's
   ``CREATE INDEX CONCURRENTLY``): it runs outside the per-revision transaction;
+- the revision sends SQL on a connection of its own (an engine it made): a recording would
+  miss it;
 - the module says ``orchestrate_replay = False``;
 - the module holds other values after import than on the run that recorded it.
 
@@ -33,6 +35,7 @@ the version table, read again, says which revisions committed.
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator import alembic_compat
@@ -56,6 +59,7 @@ DIFFERS = "its SQL or result differed between two tenants (values made in Python
 READS = "it reads data"
 NAMES_TENANT = "its SQL names the tenant"
 COMMITS = "it commits inside the revision (autocommit_block)"
+ELSEWHERE = "it runs SQL on a connection of its own"
 NOT_REVISION = "not a revision step"
 
 
@@ -103,13 +107,24 @@ class _Recorder:
 
     @contextmanager
     def listening(self, connection: Connection) -> Iterator[None]:
+        """Record what ``connection`` sends while the revision runs; and notice SQL the
+        revision sends, from this thread, on any other connection (an engine of its own):
+        a recording would miss it."""
+        me = threading.get_ident()
+
+        def elsewhere(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if conn is not connection and threading.get_ident() == me and not self.dialect.is_catalog_query(statement):
+                self.why_not = self.why_not or ELSEWHERE
+
         event.listen(connection, "after_cursor_execute", self.after_execute)
         event.listen(connection, "commit", self.on_commit)
+        event.listen(Engine, "after_cursor_execute", elsewhere)
         try:
             yield
         finally:
             event.remove(connection, "after_cursor_execute", self.after_execute)
             event.remove(connection, "commit", self.on_commit)
+            event.remove(Engine, "after_cursor_execute", elsewhere)
 
 
 @dataclass

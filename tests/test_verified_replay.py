@@ -7,6 +7,7 @@ the middle of a batch."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -259,3 +260,37 @@ def test_a_failure_in_the_middle_of_a_batch_names_the_revision_and_rolls_it_back
     again = upgrade(project)
     assert again[names[4]]["after"] == [HEAD]
     assert {r["status"] for r in again.values()} == {"upgraded"}
+
+
+def test_a_revision_that_writes_through_an_engine_of_its_own_runs_live_on_every_tenant(tmp_path: Path) -> None:
+    """A recording holds what the migrating connection sent: a revision that also writes
+    somewhere else (an audit database through an engine it made) must run on every tenant."""
+    audit = tmp_path / "audit.db"
+    sqlite3.connect(audit).execute("CREATE TABLE seen (tenant TEXT)").connection.commit()
+    root = tmp_path / "p"
+    folder = root / "versions" / "app"
+    folder.mkdir(parents=True)
+    (folder / "a1_audit.py").write_text(
+        '"""audit"""\nfrom alembic import op\nimport sqlalchemy as sa\n\n'
+        'revision = "a1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade() -> None:\n"
+        '    op.create_table("t", sa.Column("id", sa.Integer(), primary_key=True))\n'
+        f'    engine = sa.create_engine("sqlite:///{audit}")\n'
+        "    with engine.begin() as connection:\n"
+        '        connection.execute(sa.text("INSERT INTO seen (tenant) VALUES (:t)"),\n'
+        '                           {"t": op.get_bind().engine.url.database})\n'
+        "    engine.dispose()\n\n\n"
+        "def downgrade() -> None:\n    pass\n",
+        encoding="utf-8",
+    )
+    tenants = [f"e{i}" for i in range(5)]
+    (root / "tenants.txt").write_text("\n".join(tenants) + "\n")
+    (root / "dbs").mkdir()
+    project = Project(root)
+    project.write_config({"sys_path": [str(REPO)], "databases": {"app": {
+        "url": f"sqlite:///{root}/dbs/{{tenant}}.db", "tenants": {"mode": "database", "file": "tenants.txt"}}}})
+    assert project.cli("init").exit_code == 0
+    report = upgrade(project)
+    assert sqlite3.connect(audit).execute("SELECT count(*) FROM seen").fetchone()[0] == len(tenants)
+    assert all((t["replayed"] or 0) == 0 for t in report.values())
+    assert report["e4"]["live"] == {replaying.ELSEWHERE: 1}
