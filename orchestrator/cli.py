@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -647,7 +649,16 @@ install(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="orchestrate")
+    """The `orchestrate` command: always ends in SystemExit with 0, 1, 2 or 130."""
+    try:
+        cli.main(args=argv, prog_name="orchestrate")
+    except KeyboardInterrupt:  # a Ctrl-C after the command's own handling (its exit unwinding)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        # The exit code is chosen (the report written): a Ctrl-C that lands while the
+        # interpreter shuts down must not turn it into a death by SIGINT.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

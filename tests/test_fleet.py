@@ -482,6 +482,32 @@ def test_second_sigint_aborts_running_tenants_without_half_recording_them(
         assert t["failed_revision"] == running, t
 
 
+def test_a_second_ctrl_c_as_the_run_ends_still_exits_130(fleets, make_project, tmp_path) -> None:
+    """Replayed tenants take no time: after the first Ctrl-C the run ends at once, and the
+    second lands while the command exits. The exit code stays 130 (not a death by SIGINT)
+    and the report is written."""
+    fleet = fleets("sqlite", 60)
+    project = fleet_project(make_project, fleet, lineage="none")
+    write_slow_lineage(project.root / "versions" / "shops", sleep_a=0.1, sleep_b=0.8)
+    for path in (project.root / "versions" / "shops").glob("*.py"):  # replayable after all
+        path.write_text(path.read_text(encoding="utf-8").replace("orchestrate_replay = False", ""), encoding="utf-8")
+    report_path = tmp_path / "ended.json"
+    spawned = Spawned(project, "upgrade", "--report", str(report_path))
+    try:
+        spawned.wait_for_lines(r"^shops/\S+\s+upgraded", 2)
+        spawned.signal(signal.SIGINT)
+        time.sleep(0.3)
+        if spawned.process.poll() is None:
+            spawned.signal(signal.SIGINT)
+        code = spawned.finish()
+    finally:
+        if spawned.process.poll() is None:
+            spawned.finish(timeout=0)
+    assert code == 130, spawned.output
+    report = load_report(report_path)
+    assert report["interrupted"] is True
+
+
 # ====================================================================== hostile tenant names
 
 
