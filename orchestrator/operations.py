@@ -688,8 +688,21 @@ def check(ws: Workspace, target: Target) -> TargetResult:
             found.extend(ops.as_diffs() if ops is not None else [])
             return []
 
-        ws.session(target).run(lambda connection: run_env(ws, target, compare, connection, dont_mutate=True))
+        twin = dialect_for(target).empty_twin() if dialect_for(target).file_missing(target) else None
+        if twin is not None:
+            # Not migrated yet: compared with an empty database of its kind, never created by looking.
+            from sqlalchemy import create_engine
+
+            empty = create_engine(twin)
+            try:
+                with empty.connect() as connection:
+                    run_env(ws, target, compare, connection, dont_mutate=True)
+            finally:
+                empty.dispose()
+        else:
+            ws.session(target).run(lambda connection: run_env(ws, target, compare, connection, dont_mutate=True))
         result = positioned(target, script, heads, None, [])
+        result.missing = twin is not None
         result.differences = [describe_diff(d) for d in found]
         if found or result.pending:
             result.status = Status.DIFFERENT

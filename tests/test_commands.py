@@ -688,8 +688,10 @@ def test_check_lists_the_differences_of_a_database_that_lags(stack: Stack) -> No
     assert any("total_cents" in d and d.startswith("+") for d in data["orders"]["differences"])
 
 
-def test_check_on_empty_databases_lists_every_table(stack: Stack) -> None:
+def test_check_on_empty_databases_lists_every_table(stack: Stack, tmp_path: Path) -> None:
     data = {row["database"]: row for row in stack.json("check", code=1)}
+    # users is a SQLite file that does not exist yet: compared with an empty database, not created
+    assert data["users"]["missing"] is True and not (tmp_path / "dbs" / "users.db").exists()
     for name in NAMES:
         assert data[name]["status"] == "different", data[name]
         tables = {d.removeprefix("+ table ") for d in data[name]["differences"] if d.startswith("+ table ")}

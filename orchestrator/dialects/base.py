@@ -312,6 +312,11 @@ class Dialect:
         """An identifier quoted by the dialect's own rules (names are validated before)."""
         return connection.dialect.identifier_preparer.quote_identifier(identifier)
 
+    def empty_twin(self) -> str | None:
+        """The URL of an empty, throwaway database of this kind (to compare models with a
+        database that does not exist yet); None where there is none to make."""
+        return None
+
     def file_missing(self, target: Target) -> bool:
         """Is the target a database file that does not exist yet? (Reading it must not create it.)"""
         return False

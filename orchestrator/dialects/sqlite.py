@@ -182,6 +182,9 @@ class SQLite(Dialect):
                 connection.close()
         return found
 
+    def empty_twin(self) -> str | None:
+        return "sqlite://"  # in memory: gone with its connection
+
     def file_missing(self, target: Target) -> bool:
         database = parse_url(target.url).database
         if not database or database == ":memory:" or database.startswith("file:"):
