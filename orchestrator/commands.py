@@ -132,17 +132,10 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
 
             backend: Backend = _Answering(known, make, parallel) if known else make()
 
-            def on_stop(reason: str) -> None:  # a backend that queues work of its own stops handing it out too
-                stop = getattr(backend, "stop", None)
-                if stop is not None:
-                    stop()
-                if options.on_stop is not None:
-                    options.on_stop(reason)
-
-            return Scheduler(
+            return Scheduler(  # it tells the backend of any stop (Backend.stop), then options.on_stop
                 part, operation, backend,
                 lambda op, target, why, status: operations.lost(ws, target, op.name, op.revision, why, status),
-                on_result=on_result, on_stop=on_stop,
+                on_result=on_result, on_stop=options.on_stop,
                 respect_dependencies=respect_dependencies, fail_fast=options.fail_fast, cancelled=options.cancelled,
             )
 
