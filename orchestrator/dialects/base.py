@@ -272,18 +272,23 @@ class Dialect:
 
     def odd_version_tables(self, connection: Connection, version_table: str, containers: list[str]) -> set[str]:
         """Of ``containers`` (schemas / databases) holding ``version_table``, those where it is
-        not Alembic's shape: a view, other columns, a version_num that is not text."""
-        columns: dict[str, list[tuple[str, str, str]]] = {}
+        not Alembic's shape (:func:`sound_version_table`)."""
+        columns: dict[str, tuple[bool, list[tuple[str, str]]]] = {}
+        for container, is_table, column, data_type in self.version_table_columns(connection, version_table, containers):
+            columns.setdefault(container, (bool(is_table), []))[1].append((str(column), str(data_type)))
+        return {container for container, (is_table, cols) in columns.items() if not sound_version_table(is_table, cols)}
+
+    def version_table_columns(self, connection: Connection, version_table: str,
+                              containers: list[str]) -> list[tuple[Any, ...]]:
+        """(container, is a base table, column, type) for ``version_table`` in each of ``containers``."""
         names: Any = bindparam("names", expanding=True)
-        for schema, table_type, column, data_type in connection.execute(
-            text("SELECT t.table_schema, t.table_type, c.column_name, c.data_type FROM information_schema.tables t "
-                 "LEFT JOIN information_schema.columns c ON c.table_schema = t.table_schema "
-                 "AND c.table_name = t.table_name WHERE t.table_name = :table AND t.table_schema IN :names"
-                 ).bindparams(names), {"table": version_table, "names": containers},
-        ):
-            columns.setdefault(schema, []).append((table_type, str(column), str(data_type).lower()))
-        return {schema for schema, cols in columns.items() if len(cols) != 1 or cols[0][0] != "BASE TABLE"
-                or cols[0][1] != "version_num" or not any(w in cols[0][2] for w in ("char", "text"))}
+        return [tuple(row) for row in connection.execute(
+            text("SELECT t.table_schema, t.table_type = 'BASE TABLE', c.column_name, c.data_type "
+                 "FROM information_schema.tables t LEFT JOIN information_schema.columns c "
+                 "ON c.table_schema = t.table_schema AND c.table_name = t.table_name "
+                 "WHERE t.table_name = :table AND t.table_schema IN :names").bindparams(names),
+            {"table": version_table, "names": containers},
+        )]
 
     def install(self, engine: Engine, target: Target) -> None:
         """Hook into a new (sync) engine before its first connection."""
@@ -373,6 +378,13 @@ class Dialect:
         Raises TargetError("another run is migrating ...") naming the holder if it can.
         """
         return MigrationLock()
+
+
+def sound_version_table(is_table: bool, columns: list[tuple[str, str]]) -> bool:
+    """Is this Alembic's version table: a table whose one column, version_num, is text?
+    (``columns``: (name, type) pairs; the rule every bulk read applies.)"""
+    return is_table and len(columns) == 1 and columns[0][0] == "version_num" and any(
+        word in columns[0][1].lower() for word in ("char", "text", "clob"))
 
 
 def lender(target: Target) -> Any:

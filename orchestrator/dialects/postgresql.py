@@ -194,19 +194,15 @@ class PostgreSQL(Dialect):
             "AND c.relnamespace <> 'pg_catalog'::regnamespace"), {"name": name}).scalar()
         return found in ("r", "p", "v", "m", "f")
 
-    def odd_version_tables(self, connection: Connection, version_table: str, containers: list[str]) -> set[str]:
+    def version_table_columns(self, connection: Connection, version_table: str,
+                              containers: list[str]) -> list[tuple[Any, ...]]:
         # pg_catalog, by relname (indexed): information_schema's views check privileges row by row.
-        rows = connection.execute(text(
-            "SELECT n.nspname, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod) "
+        return [tuple(row) for row in connection.execute(text(
+            "SELECT n.nspname, c.relkind IN ('r', 'p'), a.attname::text, format_type(a.atttypid, a.atttypmod) "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "WHERE c.relname = :table AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname = ANY(:names)"
-        ), {"table": version_table, "names": containers}).all()
-        columns: dict[str, list[tuple[str, str, str]]] = {}
-        for schema, kind, column, data_type in rows:
-            columns.setdefault(schema, []).append((kind, str(column), str(data_type)))
-        return {schema for schema, cols in columns.items() if len(cols) != 1 or cols[0][0] not in ("r", "p")
-                or cols[0][1] != "version_num" or not any(w in cols[0][2] for w in ("char", "text"))}
+        ), {"table": version_table, "names": containers})]
 
     def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
         try:

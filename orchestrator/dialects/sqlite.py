@@ -25,6 +25,7 @@ from orchestrator.dialects.base import (
     busy,
     causes,
     digest,
+    sound_version_table,
 )
 from orchestrator.dialects.blockers import sqlite_readers, sqlite_write_lock_holders
 from orchestrator.urls import parse_url
@@ -249,8 +250,7 @@ def _sound_version_table(connection: Any, table: str) -> bool:
     if kind is None:
         return True
     columns = connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
-    return kind[0] == "table" and len(columns) == 1 and columns[0][0] == "version_num" and any(
-        word in str(columns[0][1]).upper() for word in ("CHAR", "TEXT", "CLOB"))
+    return sound_version_table(kind[0] == "table", [(str(name), str(type_)) for name, type_ in columns])
 
 
 def rollback_open_transaction(connection: Connection) -> None:
