@@ -15,7 +15,6 @@ A run, top to bottom::
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from alembic.script import Script, ScriptDirectory
+from alembic.script import Script
 
 from orchestrator import inputs, operations, report, rollout, scripts
 from orchestrator import lint as linting
 from orchestrator import plan as planning
 from orchestrator import preflight as preflighting
-from orchestrator.backends import Backend, Finished, Job, Operation, make_backend
+from orchestrator.backends import Answered, Backend, Operation, make_backend
 from orchestrator.config import Project, activate
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import SelectionError
@@ -130,7 +129,7 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
                 return make_backend(ws, parallel, options.backend or project.execution.backend,
                                     options.scheduler or project.execution.scheduler)
 
-            backend: Backend = _Answering(known, make, parallel) if known else make()
+            backend: Backend = Answered(known, make, parallel) if known else make()
 
             return Scheduler(  # it tells the backend of any stop (Backend.stop), then options.on_stop
                 part, operation, backend,
@@ -154,30 +153,6 @@ def _run(project: Project, command: str, plan: planning.Plan, operation: Operati
     return RunResult(outcome, document)
 
 
-#: Alembic's relative destinations (``-1``, ``+2``, ``head-1``, ``rev@+1``): never "already there".
-_RELATIVE = re.compile(r"(?:(.+?)@)?(\w+)?([+-]\d+)")
-
-
-def _destination(script: ScriptDirectory, revision: str) -> frozenset[str] | None:
-    """The exact heads ``upgrade revision`` ends at, for ``heads``, ``head`` (one head
-    only) and a revision id, prefix or label; None where that is not a fixed set of
-    revisions (relative, ``@``, a range, base, several heads for ``head``, unknown)."""
-    if revision == "heads":
-        heads = frozenset(script.get_heads())
-        return heads or None
-    if revision == "head":
-        heads = frozenset(script.get_heads())
-        return heads if len(heads) == 1 else None
-    if not revision or revision == "base" or "@" in revision or ":" in revision or _RELATIVE.fullmatch(revision):
-        return None
-    try:
-        found = script.revision_map.get_revisions(revision)
-    except Exception:  # noqa: BLE001 - ambiguous or unknown: the normal path says what is wrong
-        return None
-    revisions = frozenset(r.revision for r in found if r is not None and not isinstance(r, str))
-    return revisions or None
-
-
 def _already_there(ws: Workspace, plan: planning.Plan, revision: str) -> dict[str, TargetResult]:
     """NOOP results for the tenants already exactly at the destination of ``upgrade
     revision``, from one bulk read per database (what ``status`` reads): they open no
@@ -199,7 +174,7 @@ def _already_there(ws: Workspace, plan: planning.Plan, revision: str) -> dict[st
         if database.tenants is None or not targets:
             continue
         try:
-            destination = _destination(ws.scripts.script(database), revision)
+            destination = scripts.destination(ws.scripts.script(database), revision)
         except Exception:  # noqa: BLE001 - a versions folder that cannot load: its targets fail on their own
             destination = None
         if destination is None:
@@ -215,58 +190,6 @@ def _already_there(ws: Workspace, plan: planning.Plan, revision: str) -> dict[st
                     target, Status.NOOP, before=list(found), after=list(found), duration=elapsed, worker=worker,
                 )
     return known
-
-
-class _Answering:
-    """A backend in front of the run's own: jobs whose result is already known (targets
-    already at the destination) are answered at once, in the order submitted, without
-    reaching it; the rest go to it. It is made when the first such job comes, so a run
-    with nothing pending starts no worker at all.
-
-    ``capacity`` counts the answered jobs not yet collected on top of the real backend's,
-    so they never take a real job's place and the scheduler hands them all out in a round.
-    """
-
-    def __init__(self, known: dict[str, TargetResult], make: Callable[[], Backend], capacity: int) -> None:
-        self._known = known
-        self._make = make
-        self._capacity = capacity
-        self._inner: Backend | None = None
-        self._ready: list[Finished] = []
-
-    @property
-    def capacity(self) -> int:
-        return (self._inner.capacity if self._inner is not None else self._capacity) + len(self._ready)
-
-    @capacity.setter
-    def capacity(self, value: int) -> None:
-        self._capacity = value
-
-    def submit(self, job: Job) -> None:
-        result = self._known.get(job.target.name)
-        if result is not None:
-            self._ready.append(Finished(job.key, result))
-            return
-        if self._inner is None:
-            self._inner = self._make()
-        self._inner.submit(job)
-
-    def wait(self, timeout: float) -> list[Finished]:
-        if self._ready:
-            ready, self._ready = self._ready, []
-            return ready
-        return self._inner.wait(timeout) if self._inner is not None else []
-
-    def stop(self) -> None:
-        if self._inner is not None:
-            self._inner.stop()
-
-    def abort(self) -> list[int]:
-        return self._inner.abort() if self._inner is not None else []
-
-    def close(self) -> None:
-        if self._inner is not None:
-            self._inner.close()
 
 
 def upgrade(project: Project, selection: Selection, options: RunOptions, revision: str = "heads") -> RunResult:

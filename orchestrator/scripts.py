@@ -417,6 +417,30 @@ def steps(script: ScriptDirectory, revision: str, heads: tuple[str, ...], upgrad
     return list(memo[key])
 
 
+#: Alembic's relative destinations (``-1``, ``+2``, ``head-1``, ``rev@+1``): never "already there".
+_RELATIVE = re.compile(r"(?:(.+?)@)?(\w+)?([+-]\d+)")
+
+
+def destination(script: ScriptDirectory, revision: str) -> frozenset[str] | None:
+    """The exact heads ``upgrade revision`` ends at, for ``heads``, ``head`` (one head
+    only) and a revision id, prefix or label; None where that is not a fixed set of
+    revisions (relative, ``@``, a range, base, several heads for ``head``, unknown)."""
+    if revision == "heads":
+        heads = frozenset(script.get_heads())
+        return heads or None
+    if revision == "head":
+        heads = frozenset(script.get_heads())
+        return heads if len(heads) == 1 else None
+    if not revision or revision == "base" or "@" in revision or ":" in revision or _RELATIVE.fullmatch(revision):
+        return None
+    try:
+        found = script.revision_map.get_revisions(revision)
+    except Exception:  # noqa: BLE001 - ambiguous or unknown: the normal path says what is wrong
+        return None
+    revisions = frozenset(r.revision for r in found if r is not None and not isinstance(r, str))
+    return revisions or None
+
+
 def position(script: ScriptDirectory, current: list[str]) -> tuple[list[str], int]:
     """The head revisions, and how many revisions lie between ``current`` and them.
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from orchestrator.backends.answered import Answered
 from orchestrator.backends.base import Backend, Finished, Job, Operation
 from orchestrator.operations import Workspace
 
@@ -27,4 +28,4 @@ def make_backend(ws: Workspace, parallel: int, backend: str | None = None, sched
     return SerialBackend(ws)
 
 
-__all__ = ["Backend", "Finished", "Job", "Operation", "make_backend"]
+__all__ = ["Answered", "Backend", "Finished", "Job", "Operation", "make_backend"]
