@@ -342,15 +342,7 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
         batch = ws.replayer.batch(target, dialect, steps or [], tracker.before, replay.fingerprint) if (
             replay is not None and upgrading) else None
         if batch is not None and replay is not None:
-            blocks = batch_blocks(connection, target, tracker.before, [step for step, _ in batch],
-                                  [recording for _, recording in batch], create_table=unversioned)
-            per_revision = target.database.transaction_per_migration
-            try:
-                run_watched(ws, target, connection, tracker, lambda: replaying.run_batch(
-                    connection, dialect, blocks, per_revision=per_revision, committed=lambda _rev: tracker.on_version_apply(),
-                    texts=ws.replayer.texts))
-            finally:
-                replay.replayed = tracker.callbacks  # the revisions whose transaction committed
+            run_batched(ws, target, connection, tracker, replay, batch, create_table=unversioned)
             return
         run_watched(ws, target, connection, tracker, lambda: run_env(
             ws, target, plan, connection, {"on_version_apply": tracker.on_version_apply}, destination_rev=revision))
@@ -380,22 +372,28 @@ def migrate(ws: Workspace, target: Target, revision: str, upgrading: bool) -> Ta
     return result
 
 
-def batch_blocks(connection: Connection, target: Target, heads: list[str], steps: list[Any],
-                 recordings: list[replaying.Recording], *, create_table: bool) -> list[replaying.Block]:
-    """A whole-tenant batch: each revision's recorded statements, then the version table
-    update Alembic would make (the table created first where there is none yet)."""
+def run_batched(ws: Workspace, target: Target, connection: Connection, tracker: Tracker,
+                replay: replaying.ReplayState, batch: list[tuple[Any, replaying.Recording]], *, create_table: bool) -> None:
+    """Migrate ``target`` as a whole-tenant batch (:mod:`orchestrator.replay`), watched like
+    a live migration: each revision's recorded statements, then the version table update
+    Alembic would make (the table created first where there is none yet)."""
     table, sa_dialect = target.database.version_table, connection.dialect
-    old = heads[0] if heads else None
+    old = tracker.before[0] if tracker.before else None
     blocks: list[replaying.Block] = []
-    for step, recording in zip(steps, recordings):
-        new = step.revision.revision
+    for step, recording in batch:
+        new, first = step.revision.revision, create_table and not blocks
         statements = list(recording.statements)
-        if create_table and not blocks:
+        if first:
             statements.insert(0, (alembic_compat.version_sql(sa_dialect, table, None, None), None, False))
         statements.append((alembic_compat.version_sql(sa_dialect, table, old, new), None, False))
-        blocks.append(replaying.Block(new, statements, (id(recording), old, new, create_table and not blocks)))
+        blocks.append(replaying.Block(new, statements, (id(recording), old, new, first)))
         old = new
-    return blocks
+    try:
+        run_watched(ws, target, connection, tracker, lambda: replaying.run_batch(
+            connection, dialect_for(target), blocks, per_revision=target.database.transaction_per_migration,
+            committed=lambda _rev: tracker.on_version_apply(), texts=ws.replayer.texts))
+    finally:
+        replay.replayed = tracker.callbacks  # the revisions whose transaction committed
 
 
 def run_watched(
