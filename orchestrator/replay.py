@@ -285,47 +285,42 @@ def run_batch(connection: Connection, dialect: Dialect, blocks: list[Block], *, 
     assert raw is not None
     error = connection.dialect.loaded_dbapi.Error
     groups = [[block] for block in blocks] if per_revision else [blocks]
-    autocommit = getattr(raw, "autocommit", None)
-    if autocommit is False:
-        raw.autocommit = True  # psycopg: our BEGIN/COMMIT are the transactions
-    cursor = raw.cursor()
-    statement: str = "BEGIN"
-    parameters: Any = None
     texts = {} if texts is None else texts
-    try:
-        for group in groups:
-            statements = [s for block in group for s in block.statements]
-            script = _script(raw, dialect, group, texts) if dialect.batch == "script" else None
-            if script is not None:
-                statement, parameters = script, None
-                cursor.execute(statement)
-            else:
-                statement, parameters = "BEGIN", None
-                cursor.execute(statement)
-                for statement, parameters, many in statements:
-                    if many:
-                        cursor.executemany(statement, parameters)
-                    elif parameters is not None:
-                        cursor.execute(statement, parameters)
-                    else:
-                        cursor.execute(statement)
-                statement, parameters = "COMMIT", None
-                cursor.execute(statement)
-            for block in group:
-                committed(block.revision)
-    except error as exc:
+    with dialect.own_transactions(raw):  # our BEGIN/COMMIT are the transactions
+        cursor = raw.cursor()
+        statement: str = "BEGIN"
+        parameters: Any = None
         try:
-            cursor.execute("ROLLBACK")
-        except error:
-            pass  # nothing open (it failed at COMMIT), or the connection is gone
-        raise DBAPIError(statement, parameters, exc) from exc
-    finally:
-        try:
-            cursor.close()
-            if autocommit is False:
-                raw.autocommit = False
-        except Exception:  # noqa: BLE001 - a broken connection: keep the first error
-            pass
+            for group in groups:
+                script = _script(raw, dialect, group, texts) if dialect.batch == "script" else None
+                if script is not None:
+                    statement, parameters = script, None
+                    cursor.execute(statement)
+                else:
+                    statement, parameters = "BEGIN", None
+                    cursor.execute(statement)
+                    for statement, parameters, many in (s for block in group for s in block.statements):
+                        if many:
+                            cursor.executemany(statement, parameters)
+                        elif parameters is not None:
+                            cursor.execute(statement, parameters)
+                        else:
+                            cursor.execute(statement)
+                    statement, parameters = "COMMIT", None
+                    cursor.execute(statement)
+                for block in group:
+                    committed(block.revision)
+        except error as exc:
+            try:
+                cursor.execute("ROLLBACK")
+            except error:
+                pass  # nothing open (it failed at COMMIT), or the connection is gone
+            raise DBAPIError(statement, parameters, exc) from exc
+        finally:
+            try:
+                cursor.close()
+            except Exception:  # noqa: BLE001 - a broken connection: keep the first error
+                pass
 
 
 def _script(raw: Any, dialect: Dialect, group: list[Block], texts: dict[Any, str | None]) -> str | None:

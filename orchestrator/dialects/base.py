@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import bindparam, text
@@ -350,6 +351,12 @@ class Dialect:
         """Reset the driver connection ``raw`` (outside any transaction) to what a new
         session would be; False where that is not possible."""
         return False
+
+    @contextmanager
+    def own_transactions(self, raw: Any) -> Iterator[None]:
+        """While it lasts, the driver connection ``raw`` begins no transaction of its own:
+        the BEGIN and COMMIT sent on it are the transactions (sqlite3 is set up so already)."""
+        yield
 
     def inline(self, raw: Any, statement: str, parameters: Any, many: bool) -> str | None:
         """``statement`` with ``parameters`` rendered as literals by the driver ``raw`` (one

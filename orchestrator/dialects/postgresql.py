@@ -6,7 +6,8 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
@@ -177,14 +178,25 @@ class PostgreSQL(Dialect):
     def reset_session(self, raw: Any) -> bool:
         # DISCARD ALL: settings (search_path, timeouts, role), temporary tables, prepared
         # statements, advisory locks, LISTENs: what a migration may have left behind.
-        if getattr(raw, "autocommit", None) is not False or not hasattr(raw, "execute"):
-            return False  # psycopg 3 only (DISCARD ALL cannot run inside a transaction block)
+        if not hasattr(raw, "execute"):
+            return False  # psycopg 3 only
+        with self.own_transactions(raw):  # DISCARD ALL cannot run inside a transaction block
+            raw.execute("DISCARD ALL")
+        return True
+
+    @contextmanager
+    def own_transactions(self, raw: Any) -> Iterator[None]:
+        if getattr(raw, "autocommit", None) is not False:
+            yield  # already in autocommit (or not a driver that begins on its own)
+            return
         raw.autocommit = True
         try:
-            raw.execute("DISCARD ALL")
+            yield
         finally:
-            raw.autocommit = False
-        return True
+            try:
+                raw.autocommit = False
+            except Exception:  # noqa: BLE001 - a broken connection: keep the first error
+                pass
 
     def has_table(self, connection: Connection, name: str) -> bool:
         # Resolved through the search_path (the tenant's schema), as an unqualified name is:
