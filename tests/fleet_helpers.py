@@ -126,12 +126,14 @@ def write_items_lineage(folder: Path) -> None:
         write_revision(folder, rev, down, message, up, downgrade)
 
 
-def write_slow_lineage(folder: Path, sleep_a: float = 0.1, sleep_b: float = 0.1) -> None:
+def write_slow_lineage(folder: Path, sleep_a: float = 0.1, sleep_b: float = 0.1, replayable: bool = False) -> None:
+    """``replayable``: let replay skip the sleeps on all but the first tenants (by default the
+    sleep stands for a long statement, which a replay would run too: never replayed)."""
     for rev, (down, message, up, downgrade) in _slow(sleep_a, sleep_b).items():
         path = write_revision(folder, rev, down, message, up, downgrade)
-        # The sleep stands for a long statement, which a replay would run too: never replay these.
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write("\norchestrate_replay = False\n")
+        if not replayable:
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write("\norchestrate_replay = False\n")
 
 
 def write_core_lineage(folder: Path, failing: bool) -> None:

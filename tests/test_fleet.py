@@ -443,6 +443,21 @@ def test_sigint_stops_the_fleet_with_a_report_and_nothing_half_recorded(
     assert "(interrupted)" in spawned.output
 
 
+def ctrl_c_twice(spawned: Spawned, gap: float = 0.3) -> int:
+    """Once two targets were upgraded, Ctrl-C, and again ``gap`` seconds later (unless the
+    command has ended by then); its exit code."""
+    try:
+        spawned.wait_for_lines(r"^shops/\S+\s+upgraded", 2)
+        spawned.signal(signal.SIGINT)
+        time.sleep(gap)
+        if spawned.process.poll() is None:
+            spawned.signal(signal.SIGINT)
+        return spawned.finish()
+    finally:
+        if spawned.process.poll() is None:
+            spawned.finish(timeout=0)
+
+
 @pytest.mark.parametrize("parallel", ["1", "3"])
 def test_second_sigint_aborts_running_tenants_without_half_recording_them(
     parallel, fleets, make_project, tmp_path
@@ -454,15 +469,7 @@ def test_second_sigint_aborts_running_tenants_without_half_recording_them(
     write_slow_lineage(project.root / "versions" / "shops", sleep_a=0.1, sleep_b=0.8)
     report_path = tmp_path / "aborted.json"
     spawned = Spawned(project, "upgrade", "-p", parallel, "--report", str(report_path))
-    try:
-        spawned.wait_for_lines(r"^shops/\S+\s+upgraded", 2)
-        spawned.signal(signal.SIGINT)  # a target was handed out just now: ~0.9 s of work left
-        time.sleep(0.3)
-        spawned.signal(signal.SIGINT)
-        code = spawned.finish()
-    finally:
-        if spawned.process.poll() is None:
-            spawned.finish(timeout=0)
+    code = ctrl_c_twice(spawned)  # the first just as a target was handed out: ~0.9 s of work left
     assert code == 130, spawned.output
     assert report_path.exists(), spawned.output
 
@@ -488,21 +495,10 @@ def test_a_second_ctrl_c_as_the_run_ends_still_exits_130(fleets, make_project, t
     and the report is written."""
     fleet = fleets("sqlite", 60)
     project = fleet_project(make_project, fleet, lineage="none")
-    write_slow_lineage(project.root / "versions" / "shops", sleep_a=0.1, sleep_b=0.8)
-    for path in (project.root / "versions" / "shops").glob("*.py"):  # replayable after all
-        path.write_text(path.read_text(encoding="utf-8").replace("orchestrate_replay = False", ""), encoding="utf-8")
+    write_slow_lineage(project.root / "versions" / "shops", sleep_a=0.1, sleep_b=0.8, replayable=True)
     report_path = tmp_path / "ended.json"
     spawned = Spawned(project, "upgrade", "--report", str(report_path))
-    try:
-        spawned.wait_for_lines(r"^shops/\S+\s+upgraded", 2)
-        spawned.signal(signal.SIGINT)
-        time.sleep(0.3)
-        if spawned.process.poll() is None:
-            spawned.signal(signal.SIGINT)
-        code = spawned.finish()
-    finally:
-        if spawned.process.poll() is None:
-            spawned.finish(timeout=0)
+    code = ctrl_c_twice(spawned)
     assert code == 130, spawned.output
     report = load_report(report_path)
     assert report["interrupted"] is True
