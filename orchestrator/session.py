@@ -286,12 +286,14 @@ class Session:
         try:
             dialect.prepare(connection, target)
             return connection
-        except Exception:  # noqa: BLE001 - gone while kept (a restart, a terminated backend): connect afresh
+        except Exception as exc:  # gone while kept (a restart, a terminated backend): connect afresh
             try:
                 connection.invalidate()
                 connection.close()
             except Exception:  # noqa: BLE001
                 pass
+            if watchdog.fired:  # not gone but silent: a new connection would only wait on it again
+                raise watchdog.explain(exc) from exc
             return None
 
 
