@@ -38,6 +38,88 @@ if TYPE_CHECKING:
 CLIENT_CHECK_INTERVAL = "1s"
 
 
+# One statement, driven by the schema's oid, whose cost is the tenant's size and not the
+# fleet's: pg_class has no index on relnamespace (nor pg_type, pg_proc, pg_constraint on
+# their namespace), so a filter on the namespace reads every schema's objects. What lives
+# in the schema is found instead through pg_depend, indexed by what is depended on:
+# relations, sequences, views, types and functions record a dependency on their
+# namespace (indexes, constraints and triggers hang off their table, found through the
+# indexes on conrelid, indrelid, tgrelid; a table's columns through attrelid).
+# The first row carries the schema's quoted name, cut out of the definitions below.
+_FINGERPRINT = text(
+    """
+    WITH ns AS (
+        SELECT n.oid, quote_ident(n.nspname) AS q FROM pg_namespace n WHERE n.nspname = current_schema()
+    ), obj AS (
+        SELECT DISTINCT d.classid, d.objid FROM pg_depend d JOIN ns ON d.refobjid = ns.oid
+        WHERE d.refclassid = 'pg_namespace'::regclass
+    ), typ AS (
+        SELECT t.oid, t.typname, t.typtype, t.typrelid, t.typbasetype, t.typtypmod, t.typnotnull, t.typdefault
+        FROM obj JOIN pg_type t ON t.oid = obj.objid JOIN ns ON t.typnamespace = ns.oid
+        WHERE obj.classid = 'pg_type'::regclass
+    ), rel AS (
+        SELECT c.oid, c.relname, c.relkind FROM obj JOIN pg_class c ON c.oid = obj.objid
+        JOIN ns ON c.relnamespace = ns.oid WHERE obj.classid = 'pg_class'::regclass
+        UNION ALL  -- a composite type: its relation depends on the schema through the type
+        SELECT c.oid, c.relname, c.relkind FROM typ JOIN pg_class c ON c.oid = typ.typrelid
+        WHERE typ.typtype = 'c'
+    )
+    SELECT '' AS k, ns.q AS a, '' AS b, '' AS c, '' AS d, '' AS e, '' AS f FROM ns
+    UNION ALL
+    SELECT 'r', r.relname, r.relkind::text, c.relpersistence::text, array_to_string(c.reloptions, ','),
+           pg_get_partkeydef(r.oid), CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, r.oid) END
+    FROM rel r JOIN pg_class c ON c.oid = r.oid
+    UNION ALL
+    SELECT 'c', r.relname, a.attname::text,
+           format_type(a.atttypid, a.atttypmod) || coalesce(
+               (SELECT ' COLLATE ' || quote_ident(l.collname) FROM pg_collation l
+                WHERE l.oid = a.attcollation AND a.attcollation <> t.typcollation), ''),
+           CASE WHEN a.attnotnull THEN 'not null' ELSE 'null' END,
+           a.attidentity::text || a.attgenerated::text || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), ''),
+           (row_number() OVER (PARTITION BY r.oid ORDER BY a.attnum))::text  -- position among live columns
+    FROM rel r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    WHERE r.relkind <> 'S'
+    UNION ALL
+    SELECT 'k', r.relname, co.conname::text, co.contype::text, pg_get_constraintdef(co.oid), '', ''
+    FROM rel r JOIN pg_constraint co ON co.conrelid = r.oid
+    UNION ALL
+    SELECT 'i', r.relname, i.relname::text, '', pg_get_indexdef(x.indexrelid), '', ''
+    FROM rel r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid
+    UNION ALL
+    SELECT 's', r.relname, format_type(s.seqtypid, NULL),
+           concat_ws(' ', s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle),
+           (SELECT o.relname || '.' || oa.attname FROM pg_depend od  -- OWNED BY (serial, identity)
+            JOIN pg_class o ON o.oid = od.refobjid
+            JOIN pg_attribute oa ON oa.attrelid = od.refobjid AND oa.attnum = od.refobjsubid
+            WHERE od.classid = 'pg_class'::regclass AND od.objid = r.oid AND od.objsubid = 0
+              AND od.refclassid = 'pg_class'::regclass AND od.deptype IN ('a', 'i') LIMIT 1), '', ''
+    FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
+    UNION ALL
+    SELECT 'v', r.relname, r.relkind::text, pg_get_viewdef(r.oid), '', '', ''
+    FROM rel r WHERE r.relkind IN ('v', 'm')
+    UNION ALL
+    SELECT 'g', r.relname, tg.tgname::text, pg_get_triggerdef(tg.oid), tg.tgenabled::text, '', ''
+    FROM rel r JOIN pg_trigger tg ON tg.tgrelid = r.oid AND NOT tg.tgisinternal
+    UNION ALL
+    SELECT 't', t.typname::text, t.typtype::text,
+           CASE WHEN t.typtype = 'e' THEN (SELECT string_agg(e.enumlabel::text, ',' ORDER BY e.enumsortorder)
+                                           FROM pg_enum e WHERE e.enumtypid = t.oid)
+                WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END,
+           t.typnotnull::text, t.typdefault, ''
+    FROM typ t
+    UNION ALL
+    SELECT 'd', t.typname::text, co.conname::text, pg_get_constraintdef(co.oid), '', '', ''
+    FROM typ t JOIN pg_constraint co ON co.contypid = t.oid
+    UNION ALL
+    SELECT 'f', p.proname::text, p.prokind::text, pg_get_function_identity_arguments(p.oid),
+           CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END, '', ''
+    FROM obj JOIN pg_proc p ON p.oid = obj.objid WHERE obj.classid = 'pg_proc'::regclass
+    """
+)
+
+
 class PostgreSQL(Dialect):
     name = "postgresql"
     identifier_limit = 63
@@ -78,91 +160,11 @@ class PostgreSQL(Dialect):
             args["prepare_threshold"] = None
         return args
 
-    # One statement, driven by the schema's oid, whose cost is the tenant's size and not the
-    # fleet's: pg_class has no index on relnamespace (nor pg_type, pg_proc, pg_constraint on
-    # their namespace), so a filter on the namespace reads every schema's objects. What lives
-    # in the schema is found instead through pg_depend, indexed by what is depended on:
-    # relations, sequences, views, types and functions record a dependency on their
-    # namespace (indexes, constraints and triggers hang off their table, found through the
-    # indexes on conrelid, indrelid, tgrelid; a table's columns through attrelid).
-    # The first row carries the schema's quoted name, cut out of the definitions below.
-    _FINGERPRINT = text(
-        """
-        WITH ns AS (
-            SELECT n.oid, quote_ident(n.nspname) AS q FROM pg_namespace n WHERE n.nspname = current_schema()
-        ), obj AS (
-            SELECT DISTINCT d.classid, d.objid FROM pg_depend d JOIN ns ON d.refobjid = ns.oid
-            WHERE d.refclassid = 'pg_namespace'::regclass
-        ), typ AS (
-            SELECT t.oid, t.typname, t.typtype, t.typrelid, t.typbasetype, t.typtypmod, t.typnotnull, t.typdefault
-            FROM obj JOIN pg_type t ON t.oid = obj.objid JOIN ns ON t.typnamespace = ns.oid
-            WHERE obj.classid = 'pg_type'::regclass
-        ), rel AS (
-            SELECT c.oid, c.relname, c.relkind FROM obj JOIN pg_class c ON c.oid = obj.objid
-            JOIN ns ON c.relnamespace = ns.oid WHERE obj.classid = 'pg_class'::regclass
-            UNION ALL  -- a composite type: its relation depends on the schema through the type
-            SELECT c.oid, c.relname, c.relkind FROM typ JOIN pg_class c ON c.oid = typ.typrelid
-            WHERE typ.typtype = 'c'
-        )
-        SELECT '' AS k, ns.q AS a, '' AS b, '' AS c, '' AS d, '' AS e, '' AS f FROM ns
-        UNION ALL
-        SELECT 'r', r.relname, r.relkind::text, c.relpersistence::text, array_to_string(c.reloptions, ','),
-               pg_get_partkeydef(r.oid), CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, r.oid) END
-        FROM rel r JOIN pg_class c ON c.oid = r.oid
-        UNION ALL
-        SELECT 'c', r.relname, a.attname::text,
-               format_type(a.atttypid, a.atttypmod) || coalesce(
-                   (SELECT ' COLLATE ' || quote_ident(l.collname) FROM pg_collation l
-                    WHERE l.oid = a.attcollation AND a.attcollation <> t.typcollation), ''),
-               CASE WHEN a.attnotnull THEN 'not null' ELSE 'null' END,
-               a.attidentity::text || a.attgenerated::text || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), ''),
-               (row_number() OVER (PARTITION BY r.oid ORDER BY a.attnum))::text  -- position among live columns
-        FROM rel r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
-        JOIN pg_type t ON t.oid = a.atttypid
-        LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-        WHERE r.relkind <> 'S'
-        UNION ALL
-        SELECT 'k', r.relname, co.conname::text, co.contype::text, pg_get_constraintdef(co.oid), '', ''
-        FROM rel r JOIN pg_constraint co ON co.conrelid = r.oid
-        UNION ALL
-        SELECT 'i', r.relname, i.relname::text, '', pg_get_indexdef(x.indexrelid), '', ''
-        FROM rel r JOIN pg_index x ON x.indrelid = r.oid JOIN pg_class i ON i.oid = x.indexrelid
-        UNION ALL
-        SELECT 's', r.relname, format_type(s.seqtypid, NULL),
-               concat_ws(' ', s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle),
-               (SELECT o.relname || '.' || oa.attname FROM pg_depend od  -- OWNED BY (serial, identity)
-                JOIN pg_class o ON o.oid = od.refobjid
-                JOIN pg_attribute oa ON oa.attrelid = od.refobjid AND oa.attnum = od.refobjsubid
-                WHERE od.classid = 'pg_class'::regclass AND od.objid = r.oid AND od.objsubid = 0
-                  AND od.refclassid = 'pg_class'::regclass AND od.deptype IN ('a', 'i') LIMIT 1), '', ''
-        FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
-        UNION ALL
-        SELECT 'v', r.relname, r.relkind::text, pg_get_viewdef(r.oid), '', '', ''
-        FROM rel r WHERE r.relkind IN ('v', 'm')
-        UNION ALL
-        SELECT 'g', r.relname, tg.tgname::text, pg_get_triggerdef(tg.oid), tg.tgenabled::text, '', ''
-        FROM rel r JOIN pg_trigger tg ON tg.tgrelid = r.oid AND NOT tg.tgisinternal
-        UNION ALL
-        SELECT 't', t.typname::text, t.typtype::text,
-               CASE WHEN t.typtype = 'e' THEN (SELECT string_agg(e.enumlabel::text, ',' ORDER BY e.enumsortorder)
-                                               FROM pg_enum e WHERE e.enumtypid = t.oid)
-                    WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END,
-               t.typnotnull::text, t.typdefault, ''
-        FROM typ t
-        UNION ALL
-        SELECT 'd', t.typname::text, co.conname::text, pg_get_constraintdef(co.oid), '', '', ''
-        FROM typ t JOIN pg_constraint co ON co.contypid = t.oid
-        UNION ALL
-        SELECT 'f', p.proname::text, p.prokind::text, pg_get_function_identity_arguments(p.oid),
-               CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END, '', ''
-        FROM obj JOIN pg_proc p ON p.oid = obj.objid WHERE obj.classid = 'pg_proc'::regclass
-        """
-    )
     _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\.|\bpg_(class|namespace|attribute|index|constraint|type|"
                           r"attrdef|description|inherits|depend|sequence|proc|collation|get_\w+|table_is_visible)\b", re.I)
 
     def schema_fingerprint(self, connection: Connection) -> str | None:
-        rows = connection.execute(self._FINGERPRINT).all()
+        rows = connection.execute(_FINGERPRINT).all()
         names = [row[1] for row in rows if row[0] == ""]
         if not names:
             return digest([])  # no current schema: nothing in it
